@@ -9,4 +9,7 @@
 
 pub mod codec;
 pub mod cot;
+pub mod cotcmd;
+pub mod config;
 pub mod error;
+pub mod router;

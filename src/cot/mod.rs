@@ -5,6 +5,7 @@ pub mod control;
 pub mod event;
 pub mod pb;
 pub mod proto;
+pub mod sample;
 pub mod time;
 pub mod xml;
 

@@ -39,10 +39,14 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// Rejects DOCTYPE and entity declarations anywhere in the bytes.
+/// Rejects DOCTYPE and entity declarations anywhere in the bytes (one scan for `<!`, which
+/// otherwise only starts comments and CDATA).
 fn check_no_dtd(b: &[u8]) -> Result<(), CodecError> {
-    if memmem::find(b, b"<!DOCTYPE").is_some() || memmem::find(b, b"<!ENTITY").is_some() {
-        return Err(CodecError::Doctype);
+    static MARKUP_DECL: std::sync::LazyLock<memmem::Finder<'static>> = std::sync::LazyLock::new(|| memmem::Finder::new(b"<!"));
+    for i in MARKUP_DECL.find_iter(b) {
+        if matches!(b.get(i + 2), Some(b'D' | b'E' | b'd' | b'e')) {
+            return Err(CodecError::Doctype);
+        }
     }
     Ok(())
 }
@@ -50,7 +54,10 @@ fn check_no_dtd(b: &[u8]) -> Result<(), CodecError> {
 /// Decodes one CoT XML document.
 pub fn decode(input: &[u8]) -> Result<CotEvent, CodecError> {
     let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
-    let s = std::str::from_utf8(input).map_err(|e| CodecError::Utf8 { offset: e.valid_up_to() })?;
+    let s = match simdutf8::basic::from_utf8(input) {
+        Ok(s) => s,
+        Err(_) => return Err(CodecError::Utf8 { offset: std::str::from_utf8(input).err().map_or(0, |e| e.valid_up_to()) }),
+    };
     check_no_dtd(input)?;
     let mut r = Reader::from_str(s);
     let mut ev: Option<CotEvent> = None;
@@ -61,7 +68,7 @@ pub fn decode(input: &[u8]) -> Result<CotEvent, CodecError> {
             Event::Text(t) if t.iter().all(|&b| is_ws(b)) => {}
             Event::DocType(_) => return Err(CodecError::Doctype),
             Event::Start(e) if e.name().as_ref() == b"event" && ev.is_none() => {
-                let mut event = parse_event_attrs(&r, &e)?;
+                let mut event = parse_event_attrs(&r, s, &e)?;
                 parse_event_body(&mut r, s, &mut event)?;
                 ev = Some(event);
             }
@@ -75,8 +82,21 @@ pub fn decode(input: &[u8]) -> Result<CotEvent, CodecError> {
     }
 }
 
-fn attr_value<'a>(r: &Reader<&[u8]>, a: &quick_xml::events::attributes::Attribute<'a>) -> Result<Cow<'a, str>, CodecError> {
-    a.unescape_value().map_err(|e| xml_err(r, e))
+/// The unescaped value of an attribute read from `doc`. The value's bytes are a slice of the
+/// already validated document, so they are taken as `&str` from it instead of being
+/// validated again (quick-xml's `unescape_value` would re-check UTF-8 for every attribute).
+fn value_in<'a>(doc: &'a str, a: &quick_xml::events::attributes::Attribute<'_>) -> Option<Cow<'a, str>> {
+    let v: &[u8] = &a.value;
+    let off = (v.as_ptr() as usize).checked_sub(doc.as_ptr() as usize)?;
+    let raw = doc.get(off..off + v.len())?;
+    quick_xml::escape::unescape(raw).ok()
+}
+
+fn attr_value<'a>(r: &Reader<&[u8]>, doc: &'a str, a: &quick_xml::events::attributes::Attribute<'_>) -> Result<Cow<'a, str>, CodecError> {
+    match value_in(doc, a) {
+        Some(v) => Ok(v),
+        None => a.unescape_value().map(|v| Cow::Owned(v.into_owned())).map_err(|e| xml_err(r, e)),
+    }
 }
 
 fn parse_time(name: &'static str, v: &str) -> Result<CotTime, CodecError> {
@@ -91,25 +111,25 @@ pub(crate) fn parse_f64(name: &'static str, v: &str) -> Result<f64, CodecError> 
         .map_err(|_| CodecError::BadValue { name, value: v.to_owned() })
 }
 
-fn parse_event_attrs(r: &Reader<&[u8]>, e: &BytesStart<'_>) -> Result<CotEvent, CodecError> {
+fn parse_event_attrs(r: &Reader<&[u8]>, doc: &str, e: &BytesStart<'_>) -> Result<CotEvent, CodecError> {
     let mut ev = CotEvent::default();
     let (mut uid, mut typ, mut how) = (None, None, None);
     let (mut time, mut start, mut stale) = (None, None, None);
-    for a in e.attributes() {
+    for a in e.attributes().with_checks(false) {
         let a = a.map_err(|e| xml_err(r, e))?;
         let key = a.key.as_ref();
         match key {
-            b"uid" => uid = Some(attr_value(r, &a)?.into_owned()),
-            b"type" => typ = Some(attr_value(r, &a)?.into_owned()),
-            b"how" => how = Some(attr_value(r, &a)?.into_owned()),
-            b"time" => time = Some(parse_time("time", &attr_value(r, &a)?)?),
-            b"start" => start = Some(parse_time("start", &attr_value(r, &a)?)?),
-            b"stale" => stale = Some(parse_time("stale", &attr_value(r, &a)?)?),
-            b"access" => ev.access = Some(attr_value(r, &a)?.into_owned()),
-            b"qos" => ev.qos = Some(attr_value(r, &a)?.into_owned()),
-            b"opex" => ev.opex = Some(attr_value(r, &a)?.into_owned()),
-            b"caveat" => ev.caveat = Some(attr_value(r, &a)?.into_owned()),
-            b"releasableTo" | b"releaseableTo" => ev.releasable_to = Some(attr_value(r, &a)?.into_owned()),
+            b"uid" => uid = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"type" => typ = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"how" => how = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"time" => time = Some(parse_time("time", &attr_value(r, doc, &a)?)?),
+            b"start" => start = Some(parse_time("start", &attr_value(r, doc, &a)?)?),
+            b"stale" => stale = Some(parse_time("stale", &attr_value(r, doc, &a)?)?),
+            b"access" => ev.access = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"qos" => ev.qos = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"opex" => ev.opex = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"caveat" => ev.caveat = Some(attr_value(r, doc, &a)?.into_owned()),
+            b"releasableTo" | b"releaseableTo" => ev.releasable_to = Some(attr_value(r, doc, &a)?.into_owned()),
             _ => {}
         }
     }
@@ -128,17 +148,17 @@ fn parse_event_attrs(r: &Reader<&[u8]>, e: &BytesStart<'_>) -> Result<CotEvent, 
     Ok(ev)
 }
 
-fn parse_point(r: &Reader<&[u8]>, e: &BytesStart<'_>) -> Result<Point, CodecError> {
+fn parse_point(r: &Reader<&[u8]>, doc: &str, e: &BytesStart<'_>) -> Result<Point, CodecError> {
     let mut p = Point::default();
     let (mut lat, mut lon) = (None, None);
-    for a in e.attributes() {
+    for a in e.attributes().with_checks(false) {
         let a = a.map_err(|e| xml_err(r, e))?;
         match a.key.as_ref() {
-            b"lat" => lat = Some(parse_f64("point lat", &attr_value(r, &a)?)?),
-            b"lon" => lon = Some(parse_f64("point lon", &attr_value(r, &a)?)?),
-            b"hae" => p.hae = parse_f64("point hae", &attr_value(r, &a)?)?,
-            b"ce" => p.ce = parse_f64("point ce", &attr_value(r, &a)?)?,
-            b"le" => p.le = parse_f64("point le", &attr_value(r, &a)?)?,
+            b"lat" => lat = Some(parse_f64("point lat", &attr_value(r, doc, &a)?)?),
+            b"lon" => lon = Some(parse_f64("point lon", &attr_value(r, doc, &a)?)?),
+            b"hae" => p.hae = parse_f64("point hae", &attr_value(r, doc, &a)?)?,
+            b"ce" => p.ce = parse_f64("point ce", &attr_value(r, doc, &a)?)?,
+            b"le" => p.le = parse_f64("point le", &attr_value(r, doc, &a)?)?,
             _ => {}
         }
     }
@@ -154,11 +174,11 @@ fn parse_event_body(r: &mut Reader<&[u8]>, s: &str, ev: &mut CotEvent) -> Result
         let e = r.read_event().map_err(|e| xml_err(r, e))?;
         match e {
             Event::Empty(e) if e.name().as_ref() == b"point" && !have_point => {
-                ev.point = parse_point(r, &e)?;
+                ev.point = parse_point(r, s, &e)?;
                 have_point = true;
             }
             Event::Start(e) if e.name().as_ref() == b"point" && !have_point => {
-                ev.point = parse_point(r, &e)?;
+                ev.point = parse_point(r, s, &e)?;
                 r.read_to_end(e.name()).map_err(|err| xml_err(r, err))?;
                 have_point = true;
             }
@@ -199,7 +219,7 @@ enum Seg {
 }
 
 /// Parses the attributes of a typed candidate; `None` when it does not match exactly.
-fn try_typed(kind: usize, e: &BytesStart<'_>) -> Option<Typed> {
+fn try_typed(doc: &str, kind: usize, e: &BytesStart<'_>) -> Option<Typed> {
     let mut vals: [Option<Cow<'_, str>>; 4] = [None, None, None, None];
     let names: &[&[u8]] = match kind {
         0 => &[b"callsign", b"endpoint", b"altendpoints"],
@@ -209,10 +229,10 @@ fn try_typed(kind: usize, e: &BytesStart<'_>) -> Option<Typed> {
         4 => &[b"device", b"platform", b"os", b"version"],
         _ => &[b"speed", b"course"],
     };
-    for a in e.attributes() {
+    for a in e.attributes().with_checks(false) {
         let a = a.ok()?;
         let i = names.iter().position(|n| *n == a.key.as_ref())?;
-        vals[i] = Some(a.unescape_value().ok()?);
+        vals[i] = Some(value_in(doc, &a)?);
     }
     let [a, b, c, d] = vals;
     let own = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned);
@@ -241,12 +261,12 @@ fn parse_detail(r: &mut Reader<&[u8]>, s: &str, d: &mut Detail) -> Result<(), Co
         match e {
             Event::Empty(e) => {
                 let after = r.buffer_position() as usize;
-                push_element(&mut segs, &mut seen, &e, before, after, true);
+                push_element(s, &mut segs, &mut seen, &e, before, after, true);
             }
             Event::Start(e) => {
                 let span = r.read_to_end(e.name()).map_err(|err| xml_err(r, err))?;
                 let after = r.buffer_position() as usize;
-                push_element(&mut segs, &mut seen, &e, before, after, span.start == span.end);
+                push_element(s, &mut segs, &mut seen, &e, before, after, span.start == span.end);
             }
             Event::Text(t) => {
                 if !t.iter().all(|&b| is_ws(b)) {
@@ -284,11 +304,11 @@ fn parse_detail(r: &mut Reader<&[u8]>, s: &str, d: &mut Detail) -> Result<(), Co
     Ok(())
 }
 
-fn push_element(segs: &mut Vec<Seg>, seen: &mut [u8; 6], e: &BytesStart<'_>, a: usize, b: usize, no_content: bool) {
+fn push_element(doc: &str, segs: &mut Vec<Seg>, seen: &mut [u8; 6], e: &BytesStart<'_>, a: usize, b: usize, no_content: bool) {
     if let Some(kind) = TYPED.iter().position(|n| *n == e.name().as_ref()) {
         seen[kind] = seen[kind].saturating_add(1);
         if seen[kind] == 1 && no_content {
-            if let Some(t) = try_typed(kind, e) {
+            if let Some(t) = try_typed(doc, kind, e) {
                 segs.push(Seg::Typed(kind, a, b, t));
                 return;
             }

@@ -1,0 +1,374 @@
+//! The configuration tree (TOML). Unknown keys and bad values are rejected at start with
+//! the key path and a clear message. An embedded default runs out of the box.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, rename = "link")]
+    pub links: Vec<LinkConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default = "default_node_id")]
+    pub id: String,
+}
+
+fn default_node_id() -> String {
+    "takgate".into()
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: default_node_id() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub dedup_window_secs: f64,
+    pub queue_depth: usize,
+    /// How long shutdown waits for queues to drain.
+    pub drain_timeout_secs: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig { dedup_window_secs: 5.0, queue_depth: 4096, drain_timeout_secs: 3.0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), json: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Udp,
+    Multicast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Accept connections (tcp, tls) or datagrams (udp).
+    Listen,
+    /// Connect out, with reconnect (tcp, tls).
+    Connect,
+    /// Send datagrams to a unicast address (udp).
+    Send,
+}
+
+/// What a datagram link sends; streams send XML until TAK protocol v1 is negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendFormat {
+    Xml,
+    /// Mesh protobuf (datagrams) / stream protobuf without negotiation (streams).
+    Protobuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Drop the newest event for this peer and count it.
+    #[default]
+    Drop,
+    /// Disconnect the peer (streams); for datagram links the same as drop.
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    In,
+    Out,
+    #[default]
+    Both,
+}
+
+/// One attached link: a listener, an outgoing connection or a datagram endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    pub name: String,
+    pub transport: Transport,
+    /// listen | connect | send. Multicast links always join and send.
+    pub mode: Option<Mode>,
+    /// Bind address (listen), remote address (connect, send) or group:port (multicast).
+    pub address: String,
+    /// Datagram links: the format sent. Stream links: `protobuf` sends stream-framed
+    /// protobuf from the first byte (TAK Server's `prototls`/`protobuf` inputs).
+    pub format: Option<SendFormat>,
+    /// Stream links: offer (listen) or request (connect) TAK protocol v1. Default true.
+    pub negotiate: Option<bool>,
+    /// Streams: close after this long without any bytes received. Default 120 s for
+    /// listeners, 25 s for connections (which ping after 15 s of silence, as ATAK does).
+    pub idle_timeout_secs: Option<f64>,
+    /// Maximum size of one event in bytes (default 1 MiB).
+    pub max_event_bytes: Option<usize>,
+    /// Per-peer queue depth (default: router.queue_depth).
+    pub queue_depth: Option<usize>,
+    #[serde(default)]
+    pub overflow: Overflow,
+    /// Connect: reconnect backoff bounds.
+    pub reconnect_min_secs: Option<f64>,
+    pub reconnect_max_secs: Option<f64>,
+    // TLS
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Listen: require a client certificate chaining to `ca` (default true when `ca` is set).
+    pub require_client_cert: Option<bool>,
+    /// Connect: the name to verify in the server certificate (default: the host in address).
+    pub server_name: Option<String>,
+    pub handshake_timeout_secs: Option<f64>,
+    // Multicast
+    /// Interfaces to join on, by name (`eth0`) or IPv4 address. Default: the system's choice.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    pub ttl: Option<u32>,
+    pub loopback: Option<bool>,
+    /// Largest datagram accepted; bigger ones are counted as truncated and dropped.
+    pub max_datagram_bytes: Option<usize>,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// Per-peer routing policy. Lists are wildcard patterns (`*`, `?`, `[abc]`, `[!abc]`).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// in: the link only feeds the router; out: only receives; both (default).
+    pub direction: Direction,
+    /// Forward general CoT to this peer (default true).
+    pub sync_cot: Option<bool>,
+    /// Forward mission traffic (t-x-m-* and events addressed to a mission; default true).
+    pub sync_missions: Option<bool>,
+    /// Missions this peer gets. Absent: every mission. Empty list: none.
+    pub mission_filter: Option<Vec<String>>,
+    /// CoT type prefixes (or patterns) allowed toward this peer; empty: all.
+    pub types_allow: Vec<String>,
+    pub types_deny: Vec<String>,
+    pub uids_allow: Vec<String>,
+    pub uids_deny: Vec<String>,
+    pub callsigns_allow: Vec<String>,
+    pub callsigns_deny: Vec<String>,
+    /// `__group` names accepted from this link (events without a group always pass).
+    pub groups_in: Vec<String>,
+    /// `__group` names delivered to this link (events without a group always pass).
+    pub groups_out: Vec<String>,
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Where direct messages (`marti/dest`) for contacts we have not seen go: links with
+    /// this flag (default: true for outgoing stream connections, false otherwise).
+    pub upstream: Option<bool>,
+}
+
+/// A token bucket per uid toward this peer: at most `burst` events, refilled one per
+/// `interval_secs`. E.g. one PLI per uid every 30 s toward a radio link.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub interval_secs: f64,
+    #[serde(default = "one")]
+    pub burst: u32,
+    /// Only events whose type matches one of these prefixes/patterns are limited; empty: all.
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A configuration error: where and what.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn default_config() -> Config {
+        Config::parse(DEFAULT_TOML).expect("the embedded default configuration is valid")
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id.is_empty() || !self.node.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ConfigError(format!("node.id: {:?} must be non-empty letters, digits, '-', '_' or '.' (it becomes an XML attribute name)", self.node.id)));
+        }
+        if self.router.queue_depth == 0 {
+            return Err(ConfigError("router.queue_depth: must be at least 1".into()));
+        }
+        if !(self.router.dedup_window_secs >= 0.0) {
+            return Err(ConfigError("router.dedup_window_secs: must be >= 0".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.links.iter().enumerate() {
+            let at = format!("link[{i}] ({:?})", l.name);
+            let bad = |m: String| ConfigError(format!("{at}: {m}"));
+            if l.name.is_empty() {
+                return Err(bad("name: must not be empty".into()));
+            }
+            if !names.insert(l.name.clone()) {
+                return Err(bad("name: used by another link".into()));
+            }
+            let mode = l.mode();
+            match (l.transport, mode) {
+                (Transport::Tcp | Transport::Tls, Mode::Listen | Mode::Connect) => {}
+                (Transport::Udp, Mode::Listen | Mode::Send) => {}
+                (Transport::Multicast, _) if l.mode.is_none() => {}
+                (t, m) => return Err(bad(format!("mode: {m:?} does not apply to transport {t:?}").to_lowercase())),
+            }
+            let addr = l.address.as_str();
+            if matches!(mode, Mode::Listen) || l.transport == Transport::Multicast {
+                let sa: SocketAddr = addr.parse().map_err(|_| bad(format!("address: {addr:?} is not an IP:port")))?;
+                if l.transport == Transport::Multicast && !sa.ip().is_multicast() {
+                    return Err(bad(format!("address: {addr:?} is not a multicast group")));
+                }
+            } else if !addr.contains(':') {
+                return Err(bad(format!("address: {addr:?} must be host:port")));
+            }
+            let stream = matches!(l.transport, Transport::Tcp | Transport::Tls);
+            let datagram = !stream;
+            if stream && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some() || l.max_datagram_bytes.is_some()) {
+                return Err(bad("interfaces, ttl, loopback and max_datagram_bytes apply only to udp and multicast links".into()));
+            }
+            if datagram && (l.negotiate.is_some() || l.idle_timeout_secs.is_some() || l.reconnect_min_secs.is_some() || l.reconnect_max_secs.is_some()) {
+                return Err(bad("negotiate, idle_timeout_secs and reconnect_* apply only to tcp and tls links".into()));
+            }
+            if l.transport != Transport::Multicast && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some()) {
+                return Err(bad("interfaces, ttl and loopback apply only to multicast links".into()));
+            }
+            if l.transport != Transport::Tls {
+                if l.ca.is_some() || l.cert.is_some() || l.key.is_some() || l.require_client_cert.is_some() || l.server_name.is_some() || l.handshake_timeout_secs.is_some() {
+                    return Err(bad("ca, cert, key, require_client_cert, server_name and handshake_timeout_secs apply only to tls links".into()));
+                }
+            } else {
+                if mode == Mode::Listen && (l.cert.is_none() || l.key.is_none()) {
+                    return Err(bad("a tls listener needs cert and key".into()));
+                }
+                if l.cert.is_some() != l.key.is_some() {
+                    return Err(bad("cert and key go together".into()));
+                }
+                if l.require_client_cert == Some(true) && l.ca.is_none() {
+                    return Err(bad("require_client_cert needs ca".into()));
+                }
+                for p in [&l.ca, &l.cert, &l.key].into_iter().flatten() {
+                    if !p.is_file() {
+                        return Err(bad(format!("{}: no such file", p.display())));
+                    }
+                }
+            }
+            if let Some(t) = l.ttl {
+                if t > 255 {
+                    return Err(bad("ttl: must be 0..=255".into()));
+                }
+            }
+            for (k, v) in [("idle_timeout_secs", l.idle_timeout_secs), ("reconnect_min_secs", l.reconnect_min_secs), ("reconnect_max_secs", l.reconnect_max_secs), ("handshake_timeout_secs", l.handshake_timeout_secs)] {
+                if let Some(v) = v {
+                    if !(v > 0.0 && v < 1e9) {
+                        return Err(bad(format!("{k}: must be a positive number of seconds")));
+                    }
+                }
+            }
+            if l.max_event_bytes == Some(0) || l.queue_depth == Some(0) || l.max_datagram_bytes == Some(0) {
+                return Err(bad("max_event_bytes, max_datagram_bytes and queue_depth must be at least 1".into()));
+            }
+            let p = &l.policy;
+            for (k, list) in [("types_allow", &p.types_allow), ("types_deny", &p.types_deny), ("uids_allow", &p.uids_allow), ("uids_deny", &p.uids_deny), ("callsigns_allow", &p.callsigns_allow), ("callsigns_deny", &p.callsigns_deny), ("groups_in", &p.groups_in), ("groups_out", &p.groups_out)]
+                .into_iter()
+                .chain(p.mission_filter.as_ref().map(|m| ("mission_filter", m)))
+            {
+                for pat in list {
+                    crate::router::pattern::Pattern::new(pat).map_err(|e| bad(format!("policy.{k}: {pat:?}: {e}")))?;
+                }
+            }
+            if let Some(r) = &p.rate_limit {
+                if !(r.interval_secs > 0.0) || r.burst == 0 {
+                    return Err(bad("policy.rate_limit: interval_secs must be > 0 and burst >= 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LinkConfig {
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(match self.transport {
+            Transport::Udp => Mode::Listen,
+            Transport::Multicast => Mode::Send,
+            _ => Mode::Listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::default_config();
+        assert_eq!(c.links[0].address, "0.0.0.0:8087");
+        assert_eq!(c.links[1].address, "239.2.3.1:6969");
+        assert_eq!(c.links[2].address, "224.10.10.1:17012");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::parse("[router]\nqueue_depht = 3\n").unwrap_err().0;
+        assert!(e.contains("queue_depht"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\n[link.policy]\nsync_cot='yes'\n").unwrap_err().0;
+        assert!(e.contains("sync_cot"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='udp'\nmode='connect'\naddress='1.2.3.4:5'\n").unwrap_err().0;
+        assert!(e.contains("link[0] (\"a\")") && e.contains("mode"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='multicast'\naddress='10.0.0.1:5'\n").unwrap_err().0;
+        assert!(e.contains("not a multicast group"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\nttl=3\n").unwrap_err().0;
+        assert!(e.contains("ttl"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\n[link.policy]\ntypes_allow=['a-[f']\n").unwrap_err().0;
+        assert!(e.contains("policy.types_allow"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\n[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:2'\n").unwrap_err().0;
+        assert!(e.contains("used by another link"), "{e}");
+    }
+}

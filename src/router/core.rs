@@ -1,0 +1,364 @@
+//! The router actor. Links hand it messages; it decides who gets each one and `try_send`s
+//! an `Arc<Message>` to each peer's bounded queue. It never waits on a peer: when a queue
+//! is full the peer's overflow rule applies (drop and count, or disconnect).
+//!
+//! Loop and duplicate protection: never back to the origin, a short dedup window on
+//! (uid, type, time), and `_flow-tags_` checked and stamped by the links. Direct messages
+//! (`marti/dest callsign|uid`) go only to the links where those contacts were last seen
+//! (learned from their SA); contacts not seen yet are sent to `upstream` links.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::message::{LinkId, Message};
+use super::policy::{PeerPolicy, RateLimiter};
+use crate::config::Overflow;
+
+/// Counters of one link or peer. Shared with the link task; read for stats and metrics.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Dropped because this peer's queue was full.
+    pub drops_queue_full: AtomicU64,
+    /// Not delivered to this peer by its policy.
+    pub filtered: AtomicU64,
+    pub rate_limited: AtomicU64,
+    /// Events from this link that could not be decoded.
+    pub decode_errors: AtomicU64,
+    /// Bytes skipped by the stream framer (garbage, oversized events).
+    pub frame_errors: AtomicU64,
+    /// Datagrams larger than the maximum.
+    pub truncated: AtomicU64,
+    /// Events from this link dropped as duplicates or loops.
+    pub duplicates: AtomicU64,
+    pub loops: AtomicU64,
+    /// Events from this link dropped because the router was saturated (datagram links).
+    pub drops_router_busy: AtomicU64,
+}
+
+impl LinkCounters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            events_in: self.events_in.load(Relaxed),
+            events_out: self.events_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            drops_queue_full: self.drops_queue_full.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+            frame_errors: self.frame_errors.load(Relaxed),
+            truncated: self.truncated.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            loops: self.loops.load(Relaxed),
+            drops_router_busy: self.drops_router_busy.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub events_in: u64,
+    pub events_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub drops_queue_full: u64,
+    pub filtered: u64,
+    pub rate_limited: u64,
+    pub decode_errors: u64,
+    pub frame_errors: u64,
+    pub truncated: u64,
+    pub duplicates: u64,
+    pub loops: u64,
+    pub drops_router_busy: u64,
+}
+
+/// Identity of a TLS peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerIdentity {
+    /// Subject common name.
+    pub cn: String,
+    /// SHA-256 of the DER certificate, upper-case hex pairs joined by ':'.
+    pub fingerprint: String,
+}
+
+/// What a peer's queue carries.
+pub type Outbound = Arc<Message>;
+
+/// Everything the router needs to know about an attached peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub id: LinkId,
+    /// Name of the configured link it belongs to.
+    pub link: String,
+    pub transport: &'static str,
+    pub remote: String,
+    pub identity: Option<PeerIdentity>,
+    pub policy: Arc<PeerPolicy>,
+    pub tx: mpsc::Sender<Outbound>,
+    pub overflow: Overflow,
+    pub counters: Arc<LinkCounters>,
+    /// Cancelled to disconnect the peer (overflow rule `disconnect`).
+    pub close: CancellationToken,
+}
+
+/// Per-peer statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStats {
+    pub id: LinkId,
+    pub link: String,
+    pub transport: &'static str,
+    pub remote: String,
+    pub identity: Option<PeerIdentity>,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    #[serde(flatten)]
+    pub counters: CounterSnapshot,
+}
+
+/// Router-wide counters.
+#[derive(Debug, Default)]
+pub struct RouterCounters {
+    pub routed: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub direct_unknown: AtomicU64,
+}
+
+enum Cmd {
+    Attach(PeerInfo),
+    Detach(LinkId),
+    Route(Arc<Message>),
+    Stats(oneshot::Sender<Vec<PeerStats>>),
+}
+
+/// A cheap, cloneable handle to the router actor.
+#[derive(Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<Cmd>,
+    next_id: Arc<AtomicU64>,
+    pub node_id: Arc<str>,
+    pub counters: Arc<RouterCounters>,
+}
+
+impl RouterHandle {
+    pub fn next_id(&self) -> LinkId {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+    pub async fn attach(&self, p: PeerInfo) {
+        let _ = self.tx.send(Cmd::Attach(p)).await;
+    }
+    pub async fn detach(&self, id: LinkId) {
+        let _ = self.tx.send(Cmd::Detach(id)).await;
+    }
+    /// Hands a message to the router, waiting while it is saturated (stream readers: TCP
+    /// flow control then pushes back on the sender).
+    pub async fn route(&self, m: Arc<Message>) -> bool {
+        self.tx.send(Cmd::Route(m)).await.is_ok()
+    }
+    /// Hands a message to the router without waiting; false when saturated (datagrams).
+    pub fn try_route(&self, m: Arc<Message>) -> bool {
+        self.tx.try_send(Cmd::Route(m)).is_ok()
+    }
+    pub async fn stats(&self) -> Vec<PeerStats> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stats(tx)).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Peer {
+    info: PeerInfo,
+    limiter: RateLimiter,
+}
+
+/// The router state, owned by its task.
+pub struct Router {
+    peers: Vec<Peer>,
+    by_callsign: HashMap<String, LinkId>,
+    by_uid: HashMap<String, LinkId>,
+    dedup: HashMap<u64, Instant>,
+    dedup_window: Duration,
+    last_sweep: Instant,
+    hasher: RandomState,
+    counters: Arc<RouterCounters>,
+}
+
+impl Router {
+    /// Starts the router task and returns its handle.
+    pub fn spawn(node_id: &str, dedup_window: Duration) -> RouterHandle {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let counters = Arc::new(RouterCounters::default());
+        let router = Router {
+            peers: Vec::new(),
+            by_callsign: HashMap::new(),
+            by_uid: HashMap::new(),
+            dedup: HashMap::new(),
+            dedup_window,
+            last_sweep: Instant::now(),
+            hasher: RandomState::new(),
+            counters: counters.clone(),
+        };
+        tokio::spawn(router.run(rx));
+        RouterHandle { tx, next_id: Arc::new(AtomicU64::new(1)), node_id: node_id.into(), counters }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Cmd::Attach(p) => self.peers.push(Peer { info: p, limiter: RateLimiter::default() }),
+                    Cmd::Detach(id) => self.detach(id),
+                    Cmd::Route(m) => self.route(&m),
+                    Cmd::Stats(reply) => {
+                        let _ = reply.send(self.stats());
+                    }
+                }
+            }
+        }
+    }
+
+    fn detach(&mut self, id: LinkId) {
+        self.peers.retain(|p| p.info.id != id);
+        self.by_callsign.retain(|_, l| *l != id);
+        self.by_uid.retain(|_, l| *l != id);
+    }
+
+    fn stats(&self) -> Vec<PeerStats> {
+        self.peers
+            .iter()
+            .map(|p| PeerStats {
+                id: p.info.id,
+                link: p.info.link.clone(),
+                transport: p.info.transport,
+                remote: p.info.remote.clone(),
+                identity: p.info.identity.clone(),
+                queue_capacity: p.info.tx.max_capacity(),
+                queue_depth: p.info.tx.max_capacity() - p.info.tx.capacity(),
+                counters: p.info.counters.snapshot(),
+            })
+            .collect()
+    }
+
+    /// True when (uid, type, time) was seen within the window.
+    fn duplicate(&mut self, m: &Message, now: Instant) -> bool {
+        if self.dedup_window.is_zero() {
+            return false;
+        }
+        let mut h = self.hasher.build_hasher();
+        m.event.uid.hash(&mut h);
+        m.event.cot_type.hash(&mut h);
+        m.event.time.hash(&mut h);
+        let key = h.finish();
+        if now.duration_since(self.last_sweep) > self.dedup_window {
+            let w = self.dedup_window;
+            self.dedup.retain(|_, t| now.duration_since(*t) < w);
+            self.last_sweep = now;
+        }
+        match self.dedup.insert(key, now) {
+            Some(t) => now.duration_since(t) < self.dedup_window,
+            None => false,
+        }
+    }
+
+    fn route(&mut self, m: &Arc<Message>) {
+        let now = Instant::now();
+        self.counters.routed.fetch_add(1, Relaxed);
+        if self.duplicate(m, now) {
+            self.counters.duplicates.fetch_add(1, Relaxed);
+            if let Some(p) = self.peers.iter().find(|p| p.info.id == m.origin) {
+                LinkCounters::inc(&p.info.counters.duplicates);
+            }
+            return;
+        }
+        // Learn where contacts live from their position reports.
+        if m.event.cot_type.starts_with("a-") {
+            if let Some(cs) = &m.facts.callsign {
+                if self.by_callsign.get(cs) != Some(&m.origin) {
+                    self.by_callsign.insert(cs.clone(), m.origin);
+                }
+            }
+            if self.by_uid.get(&m.event.uid) != Some(&m.origin) {
+                self.by_uid.insert(m.event.uid.clone(), m.origin);
+            }
+        }
+        if m.facts.is_direct() {
+            let mut targets: Vec<LinkId> = Vec::new();
+            let mut unknown = false;
+            for cs in &m.facts.dest_callsigns {
+                match self.by_callsign.get(cs) {
+                    Some(id) => targets.push(*id),
+                    None => unknown = true,
+                }
+            }
+            for uid in &m.facts.dest_uids {
+                match self.by_uid.get(uid) {
+                    Some(id) => targets.push(*id),
+                    None => unknown = true,
+                }
+            }
+            if unknown {
+                self.counters.direct_unknown.fetch_add(1, Relaxed);
+            }
+            for i in 0..self.peers.len() {
+                let p = &self.peers[i];
+                if targets.contains(&p.info.id) || (unknown && p.info.policy.upstream) {
+                    self.deliver(i, m, now);
+                }
+            }
+        } else {
+            for i in 0..self.peers.len() {
+                self.deliver(i, m, now);
+            }
+        }
+    }
+
+    fn deliver(&mut self, i: usize, m: &Arc<Message>, now: Instant) {
+        let p = &mut self.peers[i];
+        if p.info.id == m.origin {
+            return;
+        }
+        if !p.info.policy.allows_out(m) {
+            LinkCounters::inc(&p.info.counters.filtered);
+            return;
+        }
+        if !p.limiter.admit(&p.info.policy, m, now) {
+            LinkCounters::inc(&p.info.counters.rate_limited);
+            return;
+        }
+        match p.info.tx.try_send(m.clone()) {
+            Ok(()) => {
+                self.counters.deliveries.fetch_add(1, Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let n = p.info.counters.drops_queue_full.fetch_add(1, Relaxed);
+                if p.info.overflow == Overflow::Disconnect {
+                    if !p.info.close.is_cancelled() {
+                        tracing::warn!(link = %p.info.link, remote = %p.info.remote, "queue full: disconnecting slow peer (overflow = disconnect)");
+                    }
+                    p.info.close.cancel();
+                } else if n.is_power_of_two() {
+                    tracing::warn!(link = %p.info.link, remote = %p.info.remote, dropped = n + 1, "queue full: dropping events for slow peer");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
