@@ -13,3 +13,5 @@ pub mod cotcmd;
 pub mod config;
 pub mod error;
 pub mod router;
+pub mod runtime;
+pub mod transport;

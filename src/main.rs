@@ -1,1 +1,162 @@
-fn main(){}
+//! The `takgate` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use takgate::config::{Config, DEFAULT_TOML};
+use takgate::cotcmd;
+
+#[derive(Parser)]
+#[command(name = "takgate", version, about = "A gateway for TAK Cursor-on-Target traffic")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (embedded default configuration unless --config is given).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print or check configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Tools for CoT captures.
+    Cot {
+        #[command(subcommand)]
+        cmd: CotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the embedded default configuration.
+    Default,
+    /// Validate a configuration file.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CotCmd {
+    /// Convert events from stdin to stdout between XML, TAK protobuf and JSON.
+    Convert {
+        #[arg(long, value_enum, default_value = "auto")]
+        from: cotcmd::From,
+        #[arg(long, value_enum)]
+        to: cotcmd::To,
+        /// Write binary output as one hex line per event.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// One readable line per event from stdin.
+    Inspect {
+        #[arg(long, value_enum, default_value = "auto")]
+        from: cotcmd::From,
+    },
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = match config {
+                Some(p) => Config::load(&p),
+                None => Ok(Config::default_config()),
+            };
+            let cfg = match cfg {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("takgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg.log.level, cfg.log.json);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("takgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(takgate::runtime::run(&cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("takgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Config { cmd: ConfigCmd::Default } => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} links)", file.display(), c.links.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Cot { cmd } => {
+            let input = match cotcmd::read_stdin() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("takgate: reading stdin: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+            let r = match cmd {
+                CotCmd::Convert { from, to, hex } => cotcmd::convert(&input, from, to, hex, &mut out, &mut err),
+                CotCmd::Inspect { from } => cotcmd::inspect(&input, from, &mut out, &mut err),
+            };
+            match r {
+                Ok(s) if s.errors == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("takgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

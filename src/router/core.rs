@@ -45,6 +45,8 @@ pub struct LinkCounters {
     pub loops: AtomicU64,
     /// Events from this link dropped because the router was saturated (datagram links).
     pub drops_router_busy: AtomicU64,
+    /// Sessions that switched to TAK protocol v1 by negotiation.
+    pub negotiated_proto: AtomicU64,
 }
 
 impl LinkCounters {
@@ -66,6 +68,7 @@ impl LinkCounters {
             duplicates: self.duplicates.load(Relaxed),
             loops: self.loops.load(Relaxed),
             drops_router_busy: self.drops_router_busy.load(Relaxed),
+            negotiated_proto: self.negotiated_proto.load(Relaxed),
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct CounterSnapshot {
     pub duplicates: u64,
     pub loops: u64,
     pub drops_router_busy: u64,
+    pub negotiated_proto: u64,
 }
 
 /// Identity of a TLS peer.

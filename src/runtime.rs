@@ -1,0 +1,197 @@
+//! Starting and stopping the gateway: the router, then every configured link. Listeners
+//! are bound before `start` returns (so port 0 works in tests and bind errors surface at
+//! once); shutdown stops accepting, lets writers drain their queues within the deadline,
+//! and waits for every task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{WireFormat, DEFAULT_MAX_EVENT};
+use crate::config::{Config, LinkConfig, Mode, SendFormat, Transport};
+use crate::router::{LinkCounters, PeerPolicy, Router, RouterHandle};
+use crate::transport::datagram::{self, DatagramSettings, MulticastOptions};
+use crate::transport::stream::{Role, StreamSettings};
+use crate::transport::tcp::{self, Backoff, Security};
+use crate::transport::tls;
+
+#[derive(Debug, thiserror::Error)]
+#[error("link {link:?}: {message}")]
+pub struct StartError {
+    pub link: String,
+    pub message: String,
+}
+
+/// A configured link once started.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub name: String,
+    pub transport: Transport,
+    pub mode: Mode,
+    /// The bound address (listeners, multicast, udp) or the target (connect, send).
+    pub address: String,
+    pub local_addr: Option<SocketAddr>,
+    pub counters: Arc<LinkCounters>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    router: RouterHandle,
+    links: Vec<LinkStatus>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    drain: Duration,
+}
+
+impl Gateway {
+    pub fn router(&self) -> &RouterHandle {
+        &self.router
+    }
+    pub fn links(&self) -> &[LinkStatus] {
+        &self.links
+    }
+    /// The bound address of the named link.
+    pub fn local_addr(&self, link: &str) -> Option<SocketAddr> {
+        self.links.iter().find(|l| l.name == link).and_then(|l| l.local_addr)
+    }
+    pub fn counters(&self, link: &str) -> Option<Arc<LinkCounters>> {
+        self.links.iter().find(|l| l.name == link).map(|l| l.counters.clone())
+    }
+    /// Stops every link and waits (bounded by the drain deadline plus a margin).
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain + Duration::from_secs(2), self.tracker.wait()).await.is_err() {
+            tracing::warn!("some links did not stop within the drain deadline");
+        }
+    }
+}
+
+fn secs(v: Option<f64>, default: f64) -> Duration {
+    Duration::from_secs_f64(v.unwrap_or(default))
+}
+
+/// Starts the router and all links of `cfg`.
+pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
+    let router = Router::spawn(&cfg.node.id, Duration::from_secs_f64(cfg.router.dedup_window_secs));
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let drain = Duration::from_secs_f64(cfg.router.drain_timeout_secs);
+    let mut links = Vec::new();
+    for l in &cfg.links {
+        match start_link(l, cfg, &router, &cancel, &tracker, drain).await {
+            Ok(s) => links.push(s),
+            Err(message) => {
+                cancel.cancel();
+                return Err(StartError { link: l.name.clone(), message });
+            }
+        }
+    }
+    Ok(Gateway { router, links, cancel, tracker, drain })
+}
+
+async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel: &CancellationToken, tracker: &TaskTracker, drain: Duration) -> Result<LinkStatus, String> {
+    let mode = l.mode();
+    let counters = Arc::new(LinkCounters::default());
+    let connect = mode == Mode::Connect;
+    let policy = Arc::new(PeerPolicy::new(&l.policy, connect)?);
+    let queue_depth = l.queue_depth.unwrap_or(cfg.router.queue_depth);
+    let mut status = LinkStatus { name: l.name.clone(), transport: l.transport, mode, address: l.address.clone(), local_addr: None, counters: counters.clone() };
+    let cancel = cancel.child_token();
+    match l.transport {
+        Transport::Tcp | Transport::Tls => {
+            let tls_on = l.transport == Transport::Tls;
+            let settings = Arc::new(StreamSettings {
+                link: l.name.clone(),
+                transport: if tls_on { "tls" } else { "tcp" },
+                role: if connect { Role::Client } else { Role::Server },
+                negotiate: l.negotiate.unwrap_or(true),
+                protobuf_only: l.format == Some(SendFormat::Protobuf),
+                idle_timeout: secs(l.idle_timeout_secs, if connect { 25.0 } else { 120.0 }),
+                max_event: l.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT),
+                queue_depth,
+                overflow: l.overflow,
+                policy,
+                counters,
+                drain_timeout: drain,
+            });
+            let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
+            let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned()).unwrap_or_default();
+            let sec = if !tls_on {
+                Security::Plain
+            } else if connect {
+                let ca = l.ca.as_deref().ok_or("a tls connection needs ca (the CA that signed the server certificate)")?;
+                let cc = tls::client_config(ca, l.cert.as_deref().zip(l.key.as_deref())).map_err(|e| e.0)?;
+                Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout }
+            } else {
+                let (cert, key) = l.cert.as_deref().zip(l.key.as_deref()).ok_or("a tls listener needs cert and key")?;
+                let sc = tls::server_config(cert, key, l.ca.as_deref(), l.require_client_cert.unwrap_or(l.ca.is_some())).map_err(|e| e.0)?;
+                Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout }
+            };
+            if connect {
+                let backoff = Backoff { min: secs(l.reconnect_min_secs, 1.0), max: secs(l.reconnect_max_secs, 60.0), healthy: Duration::from_secs(60) };
+                tracker.spawn(tcp::connect_loop(l.address.clone(), sec, backoff, settings, router.clone(), cancel));
+                tracing::info!(link = %l.name, transport = ?l.transport, address = %l.address, "connecting");
+            } else {
+                let listener = TcpListener::bind(&l.address).await.map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+                status.local_addr = listener.local_addr().ok();
+                tracing::info!(link = %l.name, transport = ?l.transport, address = ?status.local_addr, "listening");
+                tracker.spawn(tcp::listen(listener, sec, settings, router.clone(), cancel, tracker.clone()));
+            }
+        }
+        Transport::Udp | Transport::Multicast => {
+            let format = match l.format {
+                Some(SendFormat::Protobuf) => WireFormat::ProtoMesh,
+                _ => WireFormat::Xml,
+            };
+            let s = Arc::new(DatagramSettings {
+                link: l.name.clone(),
+                transport: if l.transport == Transport::Udp { "udp" } else { "multicast" },
+                format,
+                max_datagram: l.max_datagram_bytes.unwrap_or(65_507),
+                queue_depth,
+                policy,
+                counters,
+            });
+            if l.transport == Transport::Multicast {
+                let group: SocketAddr = l.address.parse().map_err(|e| format!("{e}"))?;
+                let o = MulticastOptions { group, interfaces: l.interfaces.clone(), ttl: l.ttl.unwrap_or(1), loopback: l.loopback.unwrap_or(true) };
+                let (rx, tx, local) = datagram::multicast_sockets(&o).map_err(|e| e.0)?;
+                let own_port = tx.local_addr().map(|a| a.port()).unwrap_or(0);
+                status.local_addr = rx.local_addr().ok();
+                let id = router.next_id();
+                tracker.spawn(datagram::receive_loop(Arc::new(rx), id, Some((own_port, local)), s.clone(), router.clone(), cancel.clone()));
+                tracker.spawn(datagram::send_loop(Arc::new(tx), group, id, s, router.clone(), cancel));
+                tracing::info!(link = %l.name, group = %l.address, interfaces = ?l.interfaces, "multicast joined");
+            } else if mode == Mode::Listen {
+                let addr: SocketAddr = l.address.parse().map_err(|e| format!("{e}"))?;
+                let sock = datagram::bind_udp(addr).map_err(|e| e.0)?;
+                status.local_addr = sock.local_addr().ok();
+                tracing::info!(link = %l.name, address = ?status.local_addr, "udp listening");
+                tracker.spawn(datagram::receive_loop(Arc::new(sock), router.next_id(), None, s, router.clone(), cancel));
+            } else {
+                let target = tokio::net::lookup_host(&l.address).await.map_err(|e| format!("cannot resolve {}: {e}", l.address))?.next().ok_or("address resolves to nothing")?;
+                let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
+                let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("udp socket: {e}"))?;
+                status.local_addr = sock.local_addr().ok();
+                tracing::info!(link = %l.name, %target, "udp sending");
+                tracker.spawn(datagram::send_loop(Arc::new(sock), target, router.next_id(), s, router.clone(), cancel));
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// Runs the gateway until `shutdown` completes, then stops it cleanly.
+pub async fn run(cfg: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+    let gw = start(cfg).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    gw.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! One streaming connection (TCP or TLS, accepted or dialled): the same session either way.
+//!
+//! Reader: bytes -> [`StreamDecoder`] -> events; pings answered with pongs, TAK protocol
+//! negotiation handled (as server: offer, answer requests, switch; as client: request when
+//! offered, hold output until the answer), everything else stamped and routed. Silence
+//! beyond the idle timeout closes the connection; as a client it pings after 15 s of
+//! silence and every 4.5 s after that, as ATAK does.
+//!
+//! Writer: drains the peer's bounded queue, coalescing whatever is queued into one write,
+//! each event in the connection's current format (encoded once per format for everyone).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{decode_frame, StreamDecoder, WireFormat};
+use crate::config::Overflow;
+use crate::cot::control::{self, Control};
+use crate::cot::{CotEvent, CotTime};
+use crate::router::message::{has_flow_tag, stamp_flow_tag};
+use crate::router::{LinkCounters, Message, PeerIdentity, PeerInfo, PeerPolicy, RouterHandle};
+
+/// Which end of the connection we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// Settings shared by every connection of one configured stream link.
+#[derive(Debug)]
+pub struct StreamSettings {
+    pub link: String,
+    pub transport: &'static str,
+    pub role: Role,
+    pub negotiate: bool,
+    /// Send stream protobuf from the first byte (no negotiation).
+    pub protobuf_only: bool,
+    pub idle_timeout: Duration,
+    pub max_event: usize,
+    pub queue_depth: usize,
+    pub overflow: Overflow,
+    pub policy: Arc<PeerPolicy>,
+    pub counters: Arc<LinkCounters>,
+    pub drain_timeout: Duration,
+}
+
+/// ATAK's keepalive: ping after 15 s of silence, then every 4.5 s.
+const PING_AFTER: Duration = Duration::from_secs(15);
+const PING_EVERY: Duration = Duration::from_millis(4500);
+/// How long to wait for a t-x-takp-r after requesting protobuf (commo: 60 s).
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// A coalesced write stops growing at this size.
+const MAX_BATCH: usize = 256 * 1024;
+
+enum Ctrl {
+    /// Write this event now (ahead of queued traffic).
+    Send(CotEvent),
+    /// Write this event, then switch the output format.
+    SendThenSwitch(CotEvent, WireFormat),
+    /// Write this event, then hold queued traffic until `Resume`.
+    SendThenPause(CotEvent),
+    /// Resume queued traffic, optionally in a new format.
+    Resume(Option<WireFormat>),
+}
+
+/// Logs bad input without flooding: the first few, then every power of two.
+pub(crate) fn log_bad_input(counter: u64, link: &str, remote: &str, what: &dyn std::fmt::Display) {
+    if counter < 5 || counter.is_power_of_two() {
+        tracing::warn!(link, remote, count = counter + 1, "bad input: {what}");
+    }
+}
+
+/// Stamps our flow tag and routes an event that arrived on `origin`; returns false when it
+/// is a loop (it already carries our tag) or not allowed in.
+pub(crate) async fn ingest(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, mut ev: CotEvent, wait: bool) -> bool {
+    LinkCounters::inc(&counters.events_in);
+    if has_flow_tag(&ev, &router.node_id) {
+        LinkCounters::inc(&counters.loops);
+        return false;
+    }
+    stamp_flow_tag(&mut ev, &router.node_id, CotTime::now());
+    let m = Message::new(ev, origin);
+    if !policy.allows_in(&m) {
+        LinkCounters::inc(&counters.filtered);
+        return false;
+    }
+    if wait {
+        router.route(Arc::new(m)).await
+    } else if router.try_route(Arc::new(m)) {
+        true
+    } else {
+        LinkCounters::inc(&counters.drops_router_busy);
+        false
+    }
+}
+
+/// Runs one connection until it closes, the peer is disconnected, or `cancel` fires.
+pub async fn run_session<S>(stream: S, remote: String, identity: Option<PeerIdentity>, s: Arc<StreamSettings>, router: RouterHandle, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let id = router.next_id();
+    let (rd, wr) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel(s.queue_depth);
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+    let session = cancel.child_token();
+    router
+        .attach(PeerInfo {
+            id,
+            link: s.link.clone(),
+            transport: s.transport,
+            remote: remote.clone(),
+            identity,
+            policy: s.policy.clone(),
+            tx,
+            overflow: s.overflow,
+            counters: s.counters.clone(),
+            close: session.clone(),
+        })
+        .await;
+    tracing::info!(link = %s.link, %remote, "connected");
+    let initial = if s.protobuf_only { WireFormat::ProtoStream } else { WireFormat::Xml };
+    if s.role == Role::Server && s.negotiate && !s.protobuf_only {
+        let _ = ctrl_tx.try_send(Ctrl::Send(control::offer(&router.node_id, CotTime::now(), &[1], concat!("takgate ", env!("CARGO_PKG_VERSION")))));
+    }
+    let writer = tokio::spawn(write_loop(wr, rx, ctrl_rx, initial, s.clone(), session.clone(), cancel.clone()));
+    let reason = read_loop(rd, id, &remote, &s, &router, &ctrl_tx, &session).await;
+    session.cancel();
+    drop(ctrl_tx);
+    router.detach(id).await;
+    let _ = writer.await;
+    tracing::info!(link = %s.link, %remote, reason, "disconnected");
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &StreamSettings, router: &RouterHandle, ctrl: &mpsc::Sender<Ctrl>, session: &CancellationToken) -> &'static str {
+    let mut dec = StreamDecoder::new(s.max_event);
+    let mut last_rx = Instant::now();
+    let mut next_ping = last_rx + PING_AFTER;
+    let mut requested = false;
+    loop {
+        let idle_at = last_rx + s.idle_timeout;
+        let wake = if s.role == Role::Client { idle_at.min(next_ping) } else { idle_at };
+        if dec.buffer_mut().capacity() - dec.buffered() < 2048 {
+            dec.buffer_mut().reserve(8192);
+        }
+        tokio::select! {
+            _ = session.cancelled() => return "closed",
+            r = rd.read_buf(dec.buffer_mut()) => match r {
+                Ok(0) => return "end of stream",
+                Ok(n) => {
+                    s.counters.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    last_rx = Instant::now();
+                    next_ping = last_rx + PING_AFTER;
+                }
+                Err(e) => {
+                    tracing::debug!(link = %s.link, remote, "read error: {e}");
+                    return "read error";
+                }
+            },
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                if now >= idle_at {
+                    tracing::info!(link = %s.link, remote, secs = s.idle_timeout.as_secs_f64(), "idle timeout");
+                    return "idle timeout";
+                }
+                let _ = ctrl.try_send(Ctrl::Send(control::ping(&router.node_id, CotTime::now())));
+                next_ping = now + PING_EVERY;
+                continue;
+            }
+        }
+        while let Some(frame) = dec.next_frame() {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    let n = s.counters.frame_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log_bad_input(n, &s.link, remote, &e);
+                    continue;
+                }
+            };
+            let ev = match decode_frame(&frame) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => continue,
+                Err(e) => {
+                    let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log_bad_input(n, &s.link, remote, &e);
+                    continue;
+                }
+            };
+            match control::recognise(&ev) {
+                Some(Control::Ping) => {
+                    let _ = ctrl.try_send(Ctrl::Send(control::pong(CotTime::now())));
+                }
+                Some(Control::Offer(versions)) => {
+                    if s.role == Role::Client && s.negotiate && !s.protobuf_only && !requested && versions.contains(&1) {
+                        requested = true;
+                        let _ = ctrl.send(Ctrl::SendThenPause(control::request(&ev.uid, CotTime::now(), 1))).await;
+                    }
+                }
+                Some(Control::Request(v)) => {
+                    if s.role == Role::Server && s.negotiate && !s.protobuf_only {
+                        let ok = v == 1;
+                        if ok {
+                            LinkCounters::inc(&s.counters.negotiated_proto);
+                        }
+                        let resp = control::response(&ev.uid, CotTime::now(), ok);
+                        let c = if ok { Ctrl::SendThenSwitch(resp, WireFormat::ProtoStream) } else { Ctrl::Send(resp) };
+                        let _ = ctrl.send(c).await;
+                        tracing::info!(link = %s.link, remote, version = v, accepted = ok, "protocol negotiation");
+                    }
+                }
+                Some(Control::Response(ok)) => {
+                    if requested {
+                        requested = false;
+                        if ok {
+                            LinkCounters::inc(&s.counters.negotiated_proto);
+                        }
+                        let _ = ctrl.send(Ctrl::Resume(ok.then_some(WireFormat::ProtoStream))).await;
+                        tracing::info!(link = %s.link, remote, accepted = ok, "protocol negotiation");
+                    }
+                }
+                Some(Control::Pong) => {}
+                None => {
+                    ingest(router, &s.policy, &s.counters, id, ev, true).await;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, s: Arc<StreamSettings>, session: CancellationToken, shutdown: CancellationToken) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        buf.clear();
+        let mut switch_after: Option<WireFormat> = None;
+        if let Some(deadline) = paused_until {
+            tokio::select! {
+                _ = session.cancelled() => break,
+                _ = sleep_until(deadline) => {
+                    tracing::warn!(link = %s.link, "no t-x-takp-r within 60 s: disconnecting");
+                    break;
+                }
+                c = ctrl.recv() => match c {
+                    Some(Ctrl::Resume(f)) => { paused_until = None; if let Some(f) = f { format = f; } }
+                    Some(Ctrl::Send(ev)) => format.encode_into(&ev, &mut buf),
+                    Some(_) => {}
+                    None => break,
+                },
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = session.cancelled() => {
+                    if shutdown.is_cancelled() {
+                        drain(&mut wr, &mut rx, format, &s).await;
+                    }
+                    break;
+                }
+                c = ctrl.recv() => match c {
+                    Some(Ctrl::Send(ev)) => format.encode_into(&ev, &mut buf),
+                    Some(Ctrl::SendThenSwitch(ev, f)) => { format.encode_into(&ev, &mut buf); switch_after = Some(f); }
+                    Some(Ctrl::SendThenPause(ev)) => { format.encode_into(&ev, &mut buf); paused_until = Some(Instant::now() + NEGOTIATION_TIMEOUT); }
+                    Some(Ctrl::Resume(f)) => { if let Some(f) = f { format = f; } }
+                    None => break,
+                },
+                m = rx.recv() => match m {
+                    Some(m) => {
+                        let mut n = 1u64;
+                        buf.extend_from_slice(m.encoded(format));
+                        while buf.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => { buf.extend_from_slice(m.encoded(format)); n += 1; }
+                                Err(_) => break,
+                            }
+                        }
+                        s.counters.events_out.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => break,
+                },
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = write_all(&mut wr, &buf, &s).await {
+                tracing::debug!(link = %s.link, "write error: {e}");
+                session.cancel();
+                return;
+            }
+        }
+        if let Some(f) = switch_after {
+            format = f;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], s: &StreamSettings) -> std::io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await?;
+    s.counters.bytes_out.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// On shutdown: write what is still queued, within the drain deadline.
+async fn drain<W: AsyncWrite + Unpin>(wr: &mut W, rx: &mut mpsc::Receiver<Arc<Message>>, format: WireFormat, s: &StreamSettings) {
+    let mut buf = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        buf.extend_from_slice(m.encoded(format));
+        s.counters.events_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if !buf.is_empty() {
+        let _ = tokio::time::timeout(s.drain_timeout, write_all(wr, &buf, s)).await;
+    }
+}

@@ -1,0 +1,163 @@
+//! Stream listeners and connectors, plain TCP or TLS. Accepting never waits on a peer: each
+//! connection, its TLS handshake included (bounded by a timeout), runs in its own task, and
+//! accept errors (out of file descriptors) pause the loop briefly instead of ending it.
+//! Outgoing connections reconnect with capped exponential backoff and jitter, reset after
+//! a healthy period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::stream::{run_session, StreamSettings};
+use crate::router::RouterHandle;
+
+/// How a connected stream is secured.
+#[derive(Clone)]
+pub enum Security {
+    Plain,
+    Tls { acceptor: Option<TlsAcceptor>, connector: Option<TlsConnector>, server_name: String, handshake_timeout: Duration },
+}
+
+fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let ka = TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10));
+    let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
+/// Accepts connections until `cancel`.
+pub async fn listen(listener: TcpListener, sec: Security, settings: Arc<StreamSettings>, router: RouterHandle, cancel: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(link = %settings.link, "accept failed: {e}; pausing 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tune(&tcp);
+        let (sec, settings, router, cancel) = (sec.clone(), settings.clone(), router.clone(), cancel.clone());
+        tracker.spawn(async move {
+            match sec {
+                Security::Plain => run_session(tcp, addr.to_string(), None, settings, router, cancel).await,
+                Security::Tls { acceptor: Some(acceptor), handshake_timeout, .. } => {
+                    let hs = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
+                    };
+                    match hs {
+                        Ok(Ok(tls)) => {
+                            let id = super::tls::identity(tls.get_ref().1.peer_certificates());
+                            tracing::debug!(link = %settings.link, remote = %addr, identity = ?id, "TLS handshake done");
+                            run_session(tls, addr.to_string(), id, settings, router, cancel).await
+                        }
+                        Ok(Err(e)) => {
+                            let n = settings.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &format!("TLS handshake failed: {e}"));
+                        }
+                        Err(_) => {
+                            let n = settings.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &"TLS handshake timed out");
+                        }
+                    }
+                }
+                Security::Tls { acceptor: None, .. } => {}
+            }
+        });
+    }
+}
+
+/// Backoff bounds for outgoing connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+    /// A connection that lasted this long resets the backoff.
+    pub healthy: Duration,
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): min·2ⁿ capped at max, with jitter in [½, 1].
+    pub fn delay(&self, n: u32, jitter: f64) -> Duration {
+        let base = self.min.as_secs_f64() * 2f64.powi(n.min(30) as i32);
+        Duration::from_secs_f64(base.min(self.max.as_secs_f64()) * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+    }
+}
+
+/// Connects to `address` and keeps reconnecting until `cancel`.
+pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, settings: Arc<StreamSettings>, router: RouterHandle, cancel: CancellationToken) {
+    let mut attempt = 0u32;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let started = Instant::now();
+        let conn = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(&address)) => r,
+        };
+        match conn {
+            Ok(Ok(tcp)) => {
+                tune(&tcp);
+                let remote = tcp.peer_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_else(|_| address.clone());
+                match &sec {
+                    Security::Plain => run_session(tcp, remote, None, settings.clone(), router.clone(), cancel.clone()).await,
+                    Security::Tls { connector: Some(c), server_name, handshake_timeout, .. } => {
+                        let name = match rustls::pki_types::ServerName::try_from(server_name.clone()) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                tracing::error!(link = %settings.link, "bad server name {server_name:?}: {e}");
+                                break;
+                            }
+                        };
+                        match tokio::time::timeout(*handshake_timeout, c.connect(name, tcp)).await {
+                            Ok(Ok(tls)) => {
+                                let id = super::tls::identity(tls.get_ref().1.peer_certificates());
+                                run_session(tls, remote, id, settings.clone(), router.clone(), cancel.clone()).await
+                            }
+                            Ok(Err(e)) => tracing::warn!(link = %settings.link, %address, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::warn!(link = %settings.link, %address, "TLS handshake timed out"),
+                        }
+                    }
+                    Security::Tls { connector: None, .. } => break,
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(link = %settings.link, %address, "connect failed: {e}"),
+            Err(_) => tracing::warn!(link = %settings.link, %address, "connect timed out"),
+        }
+        if started.elapsed() >= backoff.healthy {
+            attempt = 0;
+        }
+        let delay = backoff.delay(attempt, fastrand::f64());
+        attempt = attempt.saturating_add(1);
+        tracing::info!(link = %settings.link, %address, delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff { min: Duration::from_secs(1), max: Duration::from_secs(30), healthy: Duration::from_secs(60) };
+        assert_eq!(b.delay(0, 1.0), Duration::from_secs(1));
+        assert_eq!(b.delay(3, 1.0), Duration::from_secs(8));
+        assert_eq!(b.delay(10, 1.0), Duration::from_secs(30));
+        assert_eq!(b.delay(10, 0.0), Duration::from_secs(15));
+        assert_eq!(b.delay(u32::MAX, 1.0), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,99 @@
+//! TLS with rustls: server and client configurations from PEM files (read in place, never
+//! copied), mutual certificates, and the peer identity (subject CN and SHA-256 fingerprint)
+//! for the routing policy.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::router::PeerIdentity;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("{}: no certificate in file", path.display())));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("{}: no usable private key: {e}", path.display())))
+}
+
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| TlsError(format!("{}: {e}", ca.display())))?;
+    }
+    Ok(roots)
+}
+
+/// Our chain: the certificate file, plus the issuing CA from `ca` when the file lacks it,
+/// so peers that only know the root can build the path.
+fn chain(cert: &Path, ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut chain = load_certs(cert)?;
+    if let Some(ca) = ca {
+        let last_issuer = x509_parser::parse_x509_certificate(chain.last().map(|c| c.as_ref()).unwrap_or_default()).ok().map(|(_, c)| c.issuer().as_raw().to_vec());
+        for c in load_certs(ca)? {
+            let subject = x509_parser::parse_x509_certificate(&c).ok().map(|(_, x)| x.subject().as_raw().to_vec());
+            if subject.is_some() && subject == last_issuer && !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
+    }
+    Ok(chain)
+}
+
+/// A server configuration. With `ca` and `require_client_cert`, clients must present a
+/// certificate that chains to it; with `ca` only, one is verified when offered.
+pub fn server_config(cert: &Path, key: &Path, ca: Option<&Path>, require_client_cert: bool) -> Result<ServerConfig, TlsError> {
+    let b = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?;
+    let b = match ca {
+        Some(ca) => {
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
+            let v = if require_client_cert { v } else { v.allow_unauthenticated() };
+            b.with_client_cert_verifier(v.build().map_err(|e| TlsError(e.to_string()))?)
+        }
+        None => b.with_no_client_auth(),
+    };
+    b.with_single_cert(chain(cert, ca)?, load_key(key)?).map_err(|e| TlsError(format!("{}: {e}", cert.display())))
+}
+
+/// A client configuration that trusts `ca` and presents `cert`/`key` when given.
+pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
+    let b = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?.with_root_certificates(roots(ca)?);
+    match cert_key {
+        Some((cert, key)) => b.with_client_auth_cert(chain(cert, Some(ca))?, load_key(key)?).map_err(|e| TlsError(format!("{}: {e}", cert.display()))),
+        None => Ok(b.with_no_client_auth()),
+    }
+}
+
+/// `AA:BB:…`: SHA-256 of the DER certificate, as TAK shows fingerprints.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// The identity of the end-entity certificate a peer presented.
+pub fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
+    let der = certs?.first()?;
+    let cn = x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, c)| c.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok().map(str::to_owned)))
+        .unwrap_or_default();
+    Some(PeerIdentity { cn, fingerprint: fingerprint(der) })
+}
