@@ -159,3 +159,52 @@ async fn pytak_multicast_both_ways() {
     assert_eq!(l.seqs_from("FROM-TCP"), [5], "tcp -> multicast: {:?} {}", l.events, l.stderr);
     gw.shutdown().await;
 }
+
+/// A taky server (PyPI) on a free loopback port, in its own directory.
+struct Taky {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Taky {
+    async fn start() -> Taky {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("takgate-taky-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("taky.conf");
+        std::fs::write(&conf, format!("[taky]\nhostname = localhost\nnode_id = TAKY\nbind_ip = 127.0.0.1\nroot_dir = .\n\n[cot_server]\nport = {port}\n\n[ssl]\nenabled = false\n")).unwrap();
+        let taky = common::py::python().parent().unwrap().join("taky");
+        let child = tokio::process::Command::new(taky).arg("-c").arg(&conf).current_dir(&dir).kill_on_drop(true).spawn().expect("start taky");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Taky { child, port };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("taky did not start on port {port}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takgate_connects_to_taky_and_relays_both_ways() {
+    let mut taky = Taky::start().await;
+    let cfg = format!(
+        "{}{}",
+        link("local", "tcp", "listen", "127.0.0.1:0", ""),
+        link("taky", "tcp", "connect", &format!("127.0.0.1:{}", taky.port), "reconnect_min_secs = 0.2")
+    );
+    let gw = gateway(&cfg).await;
+    let mut local = Client::tcp(gw.local_addr("local").unwrap()).await;
+    // A pytak client on taky listens; a takgate client sends; then the reverse.
+    let on_taky = tokio::spawn(peer(args(&format!("--url tcp://127.0.0.1:{} --uid T --callsign TANGO --send 2 --interval 2 --listen 3", taky.port)), 40.0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    local.send(&pli("LOCAL", "LIMA", 9)).await;
+    let on_taky = on_taky.await.unwrap();
+    assert_eq!(on_taky.seqs_from("LOCAL"), [9], "takgate client -> taky client: {:?} {}", on_taky.events, on_taky.stderr);
+    let got: Vec<_> = local.drain(Duration::from_millis(500)).await.iter().filter(|e| e.uid == "T").filter_map(seq_of).collect();
+    assert_eq!(got, [1, 2], "taky client -> takgate client");
+    let st = gw.counters("taky").unwrap().snapshot();
+    assert_eq!(st.decode_errors + st.frame_errors, 0, "{st:?}");
+    gw.shutdown().await;
+    let _ = taky.child.kill().await;
+}
