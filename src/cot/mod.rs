@@ -12,11 +12,15 @@ pub mod xml;
 pub use event::{Contact, CotEvent, Detail, DetailExtension, Group, Point, PrecisionLocation, Status, Takv, Track, UNKNOWN};
 pub use time::CotTime;
 
+
 use std::fmt;
 
-pub(crate) struct HexDisplay<'a>(pub &'a [u8]);
+/// Bytes shown as lower-case hex.
+pub struct HexLine<'a>(pub &'a [u8]);
 
-impl fmt::Display for HexDisplay<'_> {
+pub(crate) use HexLine as HexDisplay;
+
+impl fmt::Display for HexLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {
             write!(f, "{b:02x}")?;
