@@ -2,6 +2,9 @@
 //! and stream framing. Run: `cargo bench --bench codec`. Results: BENCHMARKS.md.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use takgate::codec::{StreamDecoder, WireFormat};
 use takgate::cot::{proto, sample::ATAK_PLI, xml};
 

@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use takgate::config::{Config, DEFAULT_TOML};
 use takgate::cotcmd;
 
+// Allocation is a large share of decoding; mimalloc makes it 15-25 % cheaper than glibc's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "takgate", version, about = "A gateway for TAK Cursor-on-Target traffic")]
 struct Cli {

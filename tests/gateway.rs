@@ -319,3 +319,45 @@ async fn outgoing_connection_negotiates_and_reconnects() {
     b.shutdown().await;
     a2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_client_it_pings_after_15_s_of_silence_like_atak() {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let gw = gateway(&format!("[node]\nid = \"pinger\"\n[[link]]\nname = \"up\"\ntransport = \"tcp\"\nmode = \"connect\"\naddress = \"{addr}\"\n")).await;
+    let (s, _) = server.accept().await.unwrap();
+    let mut c = Client::over(Box::pin(s));
+    let t = std::time::Instant::now();
+    // The server says nothing; the first thing we hear must be a ping, after ~15 s.
+    while !c.control.contains(&Control::Ping) && t.elapsed() < Duration::from_secs(18) {
+        assert!(c.recv(Duration::from_millis(200)).await.is_none(), "only control traffic");
+    }
+    assert!(c.control.contains(&Control::Ping), "{:?}", c.control);
+    let secs = t.elapsed().as_secs_f64();
+    assert!((14.5..17.5).contains(&secs), "first ping after {secs} s");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_presents_its_issuing_ca_and_verifies_optional_client_certs() {
+    let pki = common::certs::Pki::new("chain");
+    let gw = gateway(&format!(
+        "[[link]]\nname = \"t\"\ntransport = \"tls\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nrequire_client_cert = false\n",
+        pki.path(&pki.ca),
+        pki.path(&pki.server_cert),
+        pki.path(&pki.server_key)
+    ))
+    .await;
+    let cc = takgate::transport::tls::client_config(&pki.ca, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.local_addr("t").unwrap()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cc)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    assert_eq!(chain.len(), 2, "leaf + issuing CA");
+    assert_eq!(chain[1].as_ref(), takgate::transport::tls::load_certs(&pki.ca).unwrap()[0].as_ref());
+    // Without a client certificate (allowed here) the connection still works.
+    let mut c = Client::over(Box::pin(tls));
+    c.send(&control::ping("x", CotTime::now())).await;
+    c.recv(Duration::from_millis(500)).await;
+    assert!(c.control.contains(&Control::Pong));
+    gw.shutdown().await;
+}

@@ -169,6 +169,7 @@ fn parse_point(r: &Reader<&[u8]>, doc: &str, e: &BytesStart<'_>) -> Result<Point
 
 fn parse_event_body(r: &mut Reader<&[u8]>, s: &str, ev: &mut CotEvent) -> Result<(), CodecError> {
     let mut have_point = false;
+    let mut have_detail = false;
     loop {
         let before = r.buffer_position() as usize;
         let e = r.read_event().map_err(|e| xml_err(r, e))?;
@@ -182,8 +183,12 @@ fn parse_event_body(r: &mut Reader<&[u8]>, s: &str, ev: &mut CotEvent) -> Result
                 r.read_to_end(e.name()).map_err(|err| xml_err(r, err))?;
                 have_point = true;
             }
-            Event::Start(e) if e.name().as_ref() == b"detail" => parse_detail(r, s, &mut ev.detail)?,
-            Event::Empty(e) if e.name().as_ref() == b"detail" => {}
+            Event::Start(e) | Event::Empty(e) if e.name().as_ref() == b"detail" && have_detail => return Err(xml_err(r, "more than one <detail>")),
+            Event::Start(e) if e.name().as_ref() == b"detail" => {
+                parse_detail(r, s, &mut ev.detail)?;
+                have_detail = true;
+            }
+            Event::Empty(e) if e.name().as_ref() == b"detail" => have_detail = true,
             Event::Empty(_) => ev.extra_xml.push_str(&s[before..r.buffer_position() as usize]),
             Event::Start(e) => {
                 r.read_to_end(e.name()).map_err(|err| xml_err(r, err))?;
@@ -552,6 +557,14 @@ mod tests {
         assert_eq!(ev.point.hae, UNKNOWN);
         assert!(matches!(decode(b"<event uid='u'"), Err(CodecError::Xml { .. }) | Err(CodecError::Truncated)));
         assert!(matches!(decode(b"\xff\xfe<event/>"), Err(CodecError::Utf8 { offset: 0 })));
+    }
+
+    #[test]
+    fn a_second_detail_is_an_error() {
+        // Found by the fuzzer: the second <detail> used to replace the verbatim part of the
+        // first while keeping its typed parts.
+        let x = r#"<event uid="u" type="a" time="2020-01-01T00:00:00Z" stale="2020-01-01T00:00:00Z"><point lat="0" lon="0"/><detail><precisionlocation geopointsrc="GPS" altsrc="GPS"/></detail><detail><x/></detail></event>"#;
+        assert!(matches!(decode(x.as_bytes()), Err(CodecError::Xml { message, .. }) if message.contains("more than one <detail>")));
     }
 
     #[test]

@@ -133,8 +133,15 @@ pub fn multicast_sockets(o: &MulticastOptions) -> Result<(UdpSocket, UdpSocket, 
     let err = |what: &str, e: std::io::Error| NetError(format!("multicast {}: {what}: {e}", o.group));
     let rx = reusable(&o.group).map_err(|e| err("socket", e))?;
     let _ = rx.set_recv_buffer_size(4 << 20);
-    // Binding to the group address (Linux) receives only this group's traffic on the port.
-    rx.bind(&SockAddr::from(o.group)).map_err(|e| err("bind", e))?;
+    // Binding to the group address (Linux) receives only this group's traffic on the port;
+    // where that is refused, the unspecified address with the group's port.
+    if rx.bind(&SockAddr::from(o.group)).is_err() {
+        let any: SocketAddr = match o.group {
+            SocketAddr::V4(g) => (Ipv4Addr::UNSPECIFIED, g.port()).into(),
+            SocketAddr::V6(g) => (Ipv6Addr::UNSPECIFIED, g.port()).into(),
+        };
+        rx.bind(&SockAddr::from(any)).map_err(|e| err("bind", e))?;
+    }
     let tx_bind: SocketAddr = match o.group {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
