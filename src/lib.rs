@@ -20,6 +20,7 @@
 //! * [`cotcmd`]: `takgate cot convert` and `takgate cot inspect`.
 //! * [`error`]: error values for everything that reads bytes from the network.
 
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod cot;

@@ -30,10 +30,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Load-test a TAK server or gateway.
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchCmd,
+    },
     /// Tools for CoT captures.
     Cot {
         #[command(subcommand)]
         cmd: CotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// N streaming clients sending position reports at R Hz, each reading everything.
+    Clients(takgate::bench::ClientsArgs),
+    /// S senders at full speed to R receivers.
+    Fanout(takgate::bench::FanoutArgs),
+    /// Datagram senders into the gateway (UDP port or multicast group), stream receivers out.
+    Udp(takgate::bench::UdpArgs),
+    /// A plain relay (split after </event>, no parsing) to compare against.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:18999")]
+        listen: String,
     },
 }
 
@@ -121,6 +141,45 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("takgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench { scenario } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("takgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let res: Result<(), String> = rt.block_on(async {
+                use takgate::bench;
+                match scenario {
+                    BenchCmd::Clients(a) => {
+                        let json = a.target.json;
+                        bench::print(&bench::clients(a).await?, json);
+                    }
+                    BenchCmd::Fanout(a) => {
+                        let json = a.target.json;
+                        bench::print(&bench::fanout(a).await?, json);
+                    }
+                    BenchCmd::Udp(a) => {
+                        let json = a.target.json;
+                        bench::print(&bench::udp(a).await?, json);
+                    }
+                    BenchCmd::Relay { listen } => {
+                        let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
+                        eprintln!("plain relay on {listen}");
+                        bench::conn::relay(l).await;
+                    }
+                }
+                Ok(())
+            });
+            match res {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("takgate bench: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -53,7 +53,12 @@ fn check_no_dtd(b: &[u8]) -> Result<(), CodecError> {
 
 /// Decodes one CoT XML document.
 pub fn decode(input: &[u8]) -> Result<CotEvent, CodecError> {
-    let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+    // Every leading BOM goes: quick-xml skips one itself but then reports positions from
+    // after it, which would shift the verbatim detail slices (found by fuzzing).
+    let mut input = input;
+    while let Some(rest) = input.strip_prefix(b"\xEF\xBB\xBF") {
+        input = rest;
+    }
     let s = match simdutf8::basic::from_utf8(input) {
         Ok(s) => s,
         Err(_) => return Err(CodecError::Utf8 { offset: std::str::from_utf8(input).err().map_or(0, |e| e.valid_up_to()) }),
@@ -557,6 +562,13 @@ mod tests {
         assert_eq!(ev.point.hae, UNKNOWN);
         assert!(matches!(decode(b"<event uid='u'"), Err(CodecError::Xml { .. }) | Err(CodecError::Truncated)));
         assert!(matches!(decode(b"\xff\xfe<event/>"), Err(CodecError::Utf8 { offset: 0 })));
+    }
+
+    #[test]
+    fn several_boms_keep_detail_slices_aligned() {
+        let x = "\u{feff}\u{feff}<event uid='u' type='a' time='2020-01-01T00:00:00Z' stale='2020-01-01T00:00:00Z'><point lat='0' lon='0'/><detail><contact phone='1' callsign='X'/><y/></detail></event>";
+        let ev = decode(x.as_bytes()).unwrap();
+        assert_eq!(ev.detail.xml, "<contact phone='1' callsign='X'/><y/>");
     }
 
     #[test]

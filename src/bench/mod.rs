@@ -1,0 +1,552 @@
+//! `takgate bench`: a load harness for any TAK server or gateway (takgate, taky, TAK
+//! Server, OpenTAKServer). Every run is bounded in time, clients ramp up gradually, a live
+//! progress line goes to stderr, a summary to stdout (`--json` for machines). Targets that
+//! are not on loopback need `--allow-remote`.
+
+pub mod conn;
+pub mod hist;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use conn::{bench_event, classify, now_micros, Dial, Seen};
+use hist::Histogram;
+
+/// Options shared by the stream scenarios.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// HOST:PORT of the TAK server or gateway under test.
+    #[arg(long)]
+    pub target: String,
+    /// Connect with TLS, trusting this CA.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    #[arg(long)]
+    pub cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub key: Option<std::path::PathBuf>,
+    /// Name to verify in the server certificate (default: the target host).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Negotiate TAK protocol v1 (protobuf) on every connection.
+    #[arg(long)]
+    pub proto: bool,
+    /// Allow a target that is not on loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    pub async fn dial(&self) -> Result<Dial, String> {
+        let addr = tokio::net::lookup_host(&self.target).await.map_err(|e| format!("{}: {e}", self.target))?.next().ok_or("target resolves to nothing")?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(format!("{addr} is not on loopback: load tests against other hosts need --allow-remote"));
+        }
+        let tls = match &self.ca {
+            None => None,
+            Some(ca) => {
+                let cc = crate::transport::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(|e| e.0)?;
+                let host = self.server_name.clone().unwrap_or_else(|| self.target.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default());
+                let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(cc)), name))
+            }
+        };
+        Ok(Dial { addr, tls, proto: self.proto })
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    connected: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    disconnects: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn progress(live: &Live, started: Instant, last: &mut (u64, u64, Instant), extra: &str) {
+    let (s, r) = (live.sent.load(Relaxed), live.received.load(Relaxed));
+    let dt = last.2.elapsed().as_secs_f64().max(1e-3);
+    eprint!(
+        "\r t={:>4.0}s connected={:<6} sent/s={:<9.0} delivered/s={:<10.0} disconnects={} {extra}   ",
+        started.elapsed().as_secs_f64(),
+        live.connected.load(Relaxed),
+        (s - last.0) as f64 / dt,
+        (r - last.1) as f64 / dt,
+        live.disconnects.load(Relaxed)
+    );
+    *last = (s, r, Instant::now());
+}
+
+/// `clients`: N streaming clients, each sending its own position report at R Hz and
+/// reading everything.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Number of clients.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub clients: u32,
+    /// Position reports per second per client.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Seconds of measurement (after ramp-up and warm-up).
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Seconds over which clients connect.
+    #[arg(long, default_value_t = 5.0)]
+    pub ramp: f64,
+    /// Bytes of padding in each event's remarks.
+    #[arg(long, default_value_t = 0)]
+    pub pad: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientsSummary {
+    pub scenario: &'static str,
+    pub target: String,
+    pub transport: &'static str,
+    pub format: &'static str,
+    pub clients: u32,
+    pub connected: u64,
+    pub rate_hz: f64,
+    pub duration_s: f64,
+    pub sent_in_window: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub delivered_ratio: f64,
+    pub deliveries_per_s: f64,
+    pub completeness_min: f64,
+    pub completeness_median: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+    pub pings_sent: u64,
+    pub pongs: u64,
+    pub disconnects: u64,
+    pub connect_errors: u64,
+}
+
+struct ClientResult {
+    received_in_window: u64,
+    hist: Histogram,
+    pongs: u64,
+}
+
+pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
+    let dial = a.target.dial().await?;
+    let n = a.clients.max(1);
+    let live = Arc::new(Live::default());
+    let started = Instant::now();
+    // Window: after everyone is connected plus a warm-up; results count only events sent in it.
+    let warm = Duration::from_secs_f64(a.ramp + 2.0);
+    let window_start = now_micros() + warm.as_micros() as u64;
+    let window_end = window_start + (a.duration * 1e6) as u64;
+    let stop_at = Instant::now() + warm + Duration::from_secs_f64(a.duration + 2.0);
+    let sent_in_window = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (dial, live, sent_in_window) = (dial.clone(), live.clone(), sent_in_window.clone());
+        let delay = Duration::from_secs_f64(a.ramp * i as f64 / n as f64);
+        let (rate, pad) = (a.rate, a.pad);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let (io, mut dec, format) = match dial.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    if live.errors.fetch_add(1, Relaxed) < 3 {
+                        eprintln!("\nconnect: {e}");
+                    }
+                    return None;
+                }
+            };
+            live.connected.fetch_add(1, Relaxed);
+            let (mut rd, mut wr) = tokio::io::split(io);
+            let wlive = live.clone();
+            let writer = tokio::spawn(async move {
+                let mut buf = Vec::with_capacity(1024);
+                crate::codec::WireFormat::Xml.encode_into(&crate::cot::control::ping(&format!("bench-{i}"), crate::cot::CotTime::now()), &mut buf);
+                if format == crate::codec::WireFormat::ProtoStream {
+                    buf.clear();
+                    format.encode_into(&crate::cot::control::ping(&format!("bench-{i}"), crate::cot::CotTime::now()), &mut buf);
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+                let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(fastrand::f64()), period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut seq = 0u64;
+                while Instant::now() < stop_at {
+                    tick.tick().await;
+                    let ev = bench_event(i, seq, pad);
+                    seq += 1;
+                    buf.clear();
+                    format.encode_into(&ev, &mut buf);
+                    let t = now_micros();
+                    if wr.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                    wlive.sent.fetch_add(1, Relaxed);
+                    if t >= window_start && t < window_end {
+                        sent_in_window.fetch_add(1, Relaxed);
+                    }
+                }
+            });
+            let mut res = ClientResult { received_in_window: 0, hist: Histogram::default(), pongs: 0 };
+            let mut closed = false;
+            loop {
+                dec.buffer_mut().reserve(32 * 1024);
+                let r = tokio::select! {
+                    r = rd.read_buf(dec.buffer_mut()) => r,
+                    _ = tokio::time::sleep_until(stop_at.into()) => break,
+                };
+                match r {
+                    Ok(0) | Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+                while let Some(f) = dec.next_frame() {
+                    let Ok(f) = f else { continue };
+                    match classify(&f) {
+                        Seen::Bench(c, _, t) if c != i => {
+                            live.received.fetch_add(1, Relaxed);
+                            if t >= window_start && t < window_end {
+                                res.received_in_window += 1;
+                                res.hist.record(now_micros().saturating_sub(t));
+                            }
+                        }
+                        Seen::Pong => res.pongs += 1,
+                        _ => {}
+                    }
+                }
+            }
+            if closed {
+                live.disconnects.fetch_add(1, Relaxed);
+            }
+            writer.abort();
+            Some(res)
+        }));
+    }
+    let mut last = (0, 0, Instant::now());
+    let joined = futures_join(tasks);
+    tokio::pin!(joined);
+    let results = loop {
+        tokio::select! {
+            r = &mut joined => break r,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => progress(&live, started, &mut last, ""),
+        }
+    };
+    eprintln!();
+    let results: Vec<ClientResult> = results.into_iter().flatten().collect();
+    let mut hist = Histogram::default();
+    for r in &results {
+        hist.merge(&r.hist);
+    }
+    let sent = sent_in_window.load(Relaxed);
+    let connected = live.connected.load(Relaxed);
+    let per_client_expected = if connected > 0 { sent as f64 * (connected as f64 - 1.0) / connected as f64 } else { 0.0 };
+    let mut comp: Vec<f64> = results.iter().map(|r| if per_client_expected > 0.0 { r.received_in_window as f64 / per_client_expected } else { 0.0 }).collect();
+    comp.sort_by(|a, b| a.total_cmp(b));
+    let delivered: u64 = results.iter().map(|r| r.received_in_window).sum();
+    let expected = sent * connected.saturating_sub(1);
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(ClientsSummary {
+        scenario: "clients",
+        target: a.target.target.clone(),
+        transport: if a.target.ca.is_some() { "tls" } else { "tcp" },
+        format: if a.target.proto { "protobuf" } else { "xml" },
+        clients: n,
+        connected,
+        rate_hz: a.rate,
+        duration_s: a.duration,
+        sent_in_window: sent,
+        expected_deliveries: expected,
+        delivered,
+        delivered_ratio: if expected > 0 { delivered as f64 / expected as f64 } else { 0.0 },
+        deliveries_per_s: delivered as f64 / a.duration,
+        completeness_min: comp.first().copied().unwrap_or(0.0),
+        completeness_median: comp.get(comp.len() / 2).copied().unwrap_or(0.0),
+        latency_ms_p50: ms(hist.quantile(0.5)),
+        latency_ms_p99: ms(hist.quantile(0.99)),
+        latency_ms_max: ms(hist.max()),
+        pings_sent: connected,
+        pongs: results.iter().map(|r| r.pongs).sum(),
+        disconnects: live.disconnects.load(Relaxed),
+        connect_errors: live.errors.load(Relaxed),
+    })
+}
+
+async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(v) = t.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// `fanout`: S senders at full speed, R receivers; deliveries per second.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 2)]
+    pub senders: u32,
+    #[arg(long, default_value_t = 50)]
+    pub receivers: u32,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Also run the same load against a plain relay (split after </event>, no parsing)
+    /// started in this process, and report takgate's rate as a ratio of it.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FanoutSummary {
+    pub scenario: &'static str,
+    pub target: String,
+    pub senders: u32,
+    pub receivers: u32,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub deliveries_per_s: f64,
+    pub baseline_deliveries_per_s: Option<f64>,
+    pub ratio_to_baseline: Option<f64>,
+}
+
+async fn fanout_once(dial: &Dial, senders: u32, receivers: u32, duration: f64) -> (u64, u64) {
+    let live = Arc::new(Live::default());
+    let stop_at = Instant::now() + Duration::from_secs_f64(duration + 1.0);
+    let measure_from = Instant::now() + Duration::from_secs(1);
+    let counted = Arc::new(AtomicU64::new(0));
+    let mut rx_tasks = vec![];
+    for _ in 0..receivers {
+        let (dial, counted) = (dial.clone(), counted.clone());
+        rx_tasks.push(tokio::spawn(async move {
+            let Ok((mut io, mut dec, _)) = dial.connect().await else { return };
+            loop {
+                dec.buffer_mut().reserve(64 * 1024);
+                let r = tokio::select! {
+                    r = io.read_buf(dec.buffer_mut()) => r,
+                    _ = tokio::time::sleep_until(stop_at.into()) => break,
+                };
+                if !matches!(r, Ok(n) if n > 0) {
+                    break;
+                }
+                let mut k = 0;
+                while let Some(f) = dec.next_frame() {
+                    if f.is_ok() {
+                        k += 1;
+                    }
+                }
+                if Instant::now() >= measure_from {
+                    counted.fetch_add(k, Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tx_tasks = vec![];
+    for s in 0..senders {
+        let (dial, live) = (dial.clone(), live.clone());
+        tx_tasks.push(tokio::spawn(async move {
+            let Ok((mut io, _, format)) = dial.connect().await else { return };
+            let mut buf = Vec::with_capacity(64 * 1024);
+            let mut seq = 0u64;
+            while Instant::now() < stop_at {
+                buf.clear();
+                for _ in 0..32 {
+                    format.encode_into(&bench_event(1_000_000 + s, seq, 0), &mut buf);
+                    seq += 1;
+                }
+                if io.write_all(&buf).await.is_err() {
+                    break;
+                }
+                if Instant::now() >= measure_from {
+                    live.sent.fetch_add(32, Relaxed);
+                }
+            }
+        }));
+    }
+    futures_join(tx_tasks).await;
+    futures_join(rx_tasks).await;
+    (live.sent.load(Relaxed), counted.load(Relaxed))
+}
+
+pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {
+    let dial = a.target.dial().await?;
+    eprintln!("fanout: {} senders -> {} receivers for {} s against {}", a.senders, a.receivers, a.duration, a.target.target);
+    let (sent, delivered) = fanout_once(&dial, a.senders, a.receivers, a.duration).await;
+    let rate = delivered as f64 / a.duration;
+    let mut baseline = None;
+    if a.baseline {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let addr: SocketAddr = l.local_addr().map_err(|e| e.to_string())?;
+        let relay = tokio::spawn(conn::relay(l));
+        eprintln!("fanout: same load against the plain relay on {addr}");
+        let d = Dial { addr, tls: None, proto: false };
+        let (_, b) = fanout_once(&d, a.senders, a.receivers, a.duration).await;
+        relay.abort();
+        baseline = Some(b as f64 / a.duration);
+    }
+    Ok(FanoutSummary {
+        scenario: "fanout",
+        target: a.target.target.clone(),
+        senders: a.senders,
+        receivers: a.receivers,
+        duration_s: a.duration,
+        sent,
+        delivered,
+        deliveries_per_s: rate,
+        baseline_deliveries_per_s: baseline,
+        ratio_to_baseline: baseline.map(|b| if b > 0.0 { rate / b } else { 0.0 }),
+    })
+}
+
+/// `udp` (or multicast): datagram senders into the gateway, stream receivers out; loss.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UdpArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Where datagrams go: the gateway's UDP port or a multicast group it joined.
+    #[arg(long)]
+    pub udp: SocketAddr,
+    /// Outgoing interface address for a multicast --udp.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub multicast_if: std::net::Ipv4Addr,
+    /// Datagrams per second, in total.
+    #[arg(long, default_value_t = 100_000.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 2)]
+    pub senders: u32,
+    #[arg(long, default_value_t = 1)]
+    pub receivers: u32,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UdpSummary {
+    pub scenario: &'static str,
+    pub udp: String,
+    pub rate_target: f64,
+    pub sent: u64,
+    pub sent_per_s: f64,
+    pub received_per_receiver: f64,
+    pub loss: f64,
+}
+
+pub async fn udp(a: UdpArgs) -> Result<UdpSummary, String> {
+    if !a.udp.ip().is_loopback() && !a.udp.ip().is_multicast() && !a.target.allow_remote {
+        return Err(format!("{} is not on loopback: load tests against other hosts need --allow-remote", a.udp));
+    }
+    let dial = a.target.dial().await?;
+    let stop_send = Instant::now() + Duration::from_secs_f64(a.duration + 0.5);
+    let stop_rx = stop_send + Duration::from_secs(2);
+    let counted = Arc::new(AtomicU64::new(0));
+    let mut rx_tasks = vec![];
+    for _ in 0..a.receivers {
+        let (dial, counted) = (dial.clone(), counted.clone());
+        rx_tasks.push(tokio::spawn(async move {
+            let Ok((mut io, mut dec, _)) = dial.connect().await else { return };
+            loop {
+                dec.buffer_mut().reserve(64 * 1024);
+                let r = tokio::select! {
+                    r = io.read_buf(dec.buffer_mut()) => r,
+                    _ = tokio::time::sleep_until(stop_rx.into()) => break,
+                };
+                if !matches!(r, Ok(n) if n > 0) {
+                    break;
+                }
+                while let Some(f) = dec.next_frame() {
+                    if let Ok(f) = f {
+                        if let Seen::Bench(c, _, _) = classify(&f) {
+                            if c >= 2_000_000 {
+                                counted.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tx_tasks = vec![];
+    let per_sender = a.rate / a.senders.max(1) as f64;
+    for s in 0..a.senders {
+        let (sent, target, mif) = (sent.clone(), a.udp, a.multicast_if);
+        tx_tasks.push(tokio::spawn(async move {
+            let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else { return };
+            if target.ip().is_multicast() {
+                let _ = socket2::SockRef::from(&sock).set_multicast_if_v4(&mif);
+            }
+            let start = Instant::now();
+            let mut seq = 0u64;
+            let mut buf = Vec::with_capacity(1024);
+            while Instant::now() < stop_send {
+                // pace: send in bursts of 50 to the scheduled count
+                let due = (start.elapsed().as_secs_f64() * per_sender) as u64;
+                if seq >= due {
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                    continue;
+                }
+                for _ in 0..(due - seq).min(50) {
+                    buf.clear();
+                    crate::codec::WireFormat::Xml.encode_into(&bench_event(2_000_000 + s, seq, 0), &mut buf);
+                    seq += 1;
+                    if sock.send_to(&buf, target).await.is_ok() {
+                        sent.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    futures_join(tx_tasks).await;
+    futures_join(rx_tasks).await;
+    let sent = sent.load(Relaxed);
+    let per = counted.load(Relaxed) as f64 / a.receivers.max(1) as f64;
+    Ok(UdpSummary {
+        scenario: "udp",
+        udp: a.udp.to_string(),
+        rate_target: a.rate,
+        sent,
+        sent_per_s: sent as f64 / (a.duration + 0.5),
+        received_per_receiver: per,
+        loss: if sent > 0 { 1.0 - per / sent as f64 } else { 0.0 },
+    })
+}
+
+/// Prints a summary as JSON or as aligned `key: value` lines.
+pub fn print<T: Serialize>(s: &T, json: bool) {
+    let v = serde_json::to_value(s).unwrap_or_default();
+    if json {
+        println!("{v}");
+        return;
+    }
+    if let serde_json::Value::Object(m) = v {
+        for (k, v) in m {
+            let v = match v {
+                serde_json::Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(0.0)),
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            println!("{k:>22}: {v}");
+        }
+    }
+}
