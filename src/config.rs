@@ -74,6 +74,19 @@ pub enum Transport {
     Tls,
     Udp,
     Multicast,
+    /// RabbitMQ (AMQP 0-9-1): OpenTAKServer's bus or a takgate cluster.
+    Amqp,
+}
+
+/// What an `amqp` link talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AmqpMode {
+    /// OpenTAKServer 1.7.x: consume `firehose` (and `missions`), publish to `groups`
+    /// (and `cot_parser` with `persist`).
+    Opentakserver,
+    /// Several takgate nodes sharing one topic exchange.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -159,6 +172,27 @@ pub struct LinkConfig {
     pub loopback: Option<bool>,
     /// Largest datagram accepted; bigger ones are counted as truncated and dropped.
     pub max_datagram_bytes: Option<usize>,
+    // AMQP
+    /// `opentakserver` or `cluster` (amqp links).
+    pub amqp_mode: Option<AmqpMode>,
+    /// Cluster: the topic exchange the nodes share (default `takgate`).
+    pub exchange: Option<String>,
+    /// Cluster: binding keys, i.e. what this node subscribes to (default `["cot.#"]`).
+    /// Keys are `cot.<group>.<type with '.' for '-'>`, e.g. `cot.Cyan.a.f.#`.
+    #[serde(default)]
+    pub bind_keys: Vec<String>,
+    /// OpenTAKServer: deliver to the `groups` exchange with routing key `<group>.OUT`
+    /// (default `__ANON__`).
+    pub ots_group: Option<String>,
+    /// OpenTAKServer: also publish to `cot_parser` so OTS stores the events.
+    pub persist: Option<bool>,
+    /// OpenTAKServer: its OTS_NODE_ID (from ~/ots/config.yml); the envelope uid for
+    /// `cot_parser`, which avoids the euds foreign-key failure. Required with `persist`.
+    pub ots_node_id: Option<String>,
+    /// The uid in envelopes we publish, and whose envelopes we skip (default `takgate-<node id>`).
+    pub amqp_uid: Option<String>,
+    /// Events buffered while the broker is unreachable; beyond this they are dropped and counted.
+    pub buffer_events: Option<usize>,
     #[serde(default)]
     pub policy: PolicyConfig,
 }
@@ -252,14 +286,43 @@ impl Config {
                 return Err(bad("name: used by another link".into()));
             }
             let mode = l.mode();
+            let amqp = l.transport == Transport::Amqp;
+            if amqp != l.amqp_mode.is_some() {
+                return Err(bad("amqp links need amqp_mode (opentakserver or cluster); other links must not set it".into()));
+            }
+            if !amqp && (l.exchange.is_some() || !l.bind_keys.is_empty() || l.ots_group.is_some() || l.persist.is_some() || l.ots_node_id.is_some() || l.amqp_uid.is_some() || l.buffer_events.is_some()) {
+                return Err(bad("exchange, bind_keys, ots_group, persist, ots_node_id, amqp_uid and buffer_events apply only to amqp links".into()));
+            }
+            if amqp {
+                if l.mode.is_some() {
+                    return Err(bad("mode does not apply to amqp links".into()));
+                }
+                if !(l.address.starts_with("amqp://") || l.address.starts_with("amqps://")) {
+                    return Err(bad(format!("address: {:?} must be an amqp:// URL", l.address)));
+                }
+                if l.amqp_mode == Some(AmqpMode::Opentakserver) && (l.exchange.is_some() || !l.bind_keys.is_empty()) {
+                    return Err(bad("exchange and bind_keys apply only to amqp_mode = \"cluster\"".into()));
+                }
+                if l.amqp_mode == Some(AmqpMode::Cluster) && (l.ots_group.is_some() || l.persist.is_some() || l.ots_node_id.is_some()) {
+                    return Err(bad("ots_group, persist and ots_node_id apply only to amqp_mode = \"opentakserver\"".into()));
+                }
+                if l.persist == Some(true) && l.ots_node_id.is_none() {
+                    return Err(bad("persist needs ots_node_id (OpenTAKServer's OTS_NODE_ID): other envelope uids fail its euds foreign key".into()));
+                }
+                if l.buffer_events == Some(0) {
+                    return Err(bad("buffer_events must be at least 1".into()));
+                }
+            }
             match (l.transport, mode) {
+                (Transport::Amqp, _) => {}
                 (Transport::Tcp | Transport::Tls, Mode::Listen | Mode::Connect) => {}
                 (Transport::Udp, Mode::Listen | Mode::Send) => {}
                 (Transport::Multicast, _) if l.mode.is_none() => {}
                 (t, m) => return Err(bad(format!("mode: {m:?} does not apply to transport {t:?}").to_lowercase())),
             }
             let addr = l.address.as_str();
-            if matches!(mode, Mode::Listen) || l.transport == Transport::Multicast {
+            if amqp {
+            } else if matches!(mode, Mode::Listen) || l.transport == Transport::Multicast {
                 let sa: SocketAddr = addr.parse().map_err(|_| bad(format!("address: {addr:?} is not an IP:port")))?;
                 if l.transport == Transport::Multicast && !sa.ip().is_multicast() {
                     return Err(bad(format!("address: {addr:?} is not a multicast group")));
@@ -268,12 +331,15 @@ impl Config {
                 return Err(bad(format!("address: {addr:?} must be host:port")));
             }
             let stream = matches!(l.transport, Transport::Tcp | Transport::Tls);
-            let datagram = !stream;
+            let datagram = matches!(l.transport, Transport::Udp | Transport::Multicast);
             if stream && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some() || l.max_datagram_bytes.is_some()) {
                 return Err(bad("interfaces, ttl, loopback and max_datagram_bytes apply only to udp and multicast links".into()));
             }
             if datagram && (l.negotiate.is_some() || l.idle_timeout_secs.is_some() || l.reconnect_min_secs.is_some() || l.reconnect_max_secs.is_some()) {
                 return Err(bad("negotiate, idle_timeout_secs and reconnect_* apply only to tcp and tls links".into()));
+            }
+            if amqp && (l.negotiate.is_some() || l.idle_timeout_secs.is_some() || !l.interfaces.is_empty() || l.ttl.is_some() || l.max_datagram_bytes.is_some() || l.format.is_some()) {
+                return Err(bad("negotiate, idle_timeout_secs, interfaces, ttl, max_datagram_bytes and format do not apply to amqp links".into()));
             }
             if l.transport != Transport::Multicast && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some()) {
                 return Err(bad("interfaces, ttl and loopback apply only to multicast links".into()));
@@ -336,7 +402,7 @@ impl LinkConfig {
     pub fn mode(&self) -> Mode {
         self.mode.unwrap_or(match self.transport {
             Transport::Udp => Mode::Listen,
-            Transport::Multicast => Mode::Send,
+            Transport::Multicast | Transport::Amqp => Mode::Send,
             _ => Mode::Listen,
         })
     }

@@ -144,6 +144,28 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 tracker.spawn(tcp::listen(listener, sec, settings, router.clone(), cancel, tracker.clone()));
             }
         }
+        Transport::Amqp => {
+            let mode = l.amqp_mode.ok_or("amqp_mode missing")?;
+            let s = Arc::new(crate::transport::amqp::AmqpSettings {
+                link: l.name.clone(),
+                url: l.address.clone(),
+                mode,
+                node_id: cfg.node.id.clone(),
+                exchange: l.exchange.clone().unwrap_or_else(|| "takgate".into()),
+                bind_keys: l.bind_keys.clone(),
+                group: l.ots_group.clone().unwrap_or_else(|| "__ANON__".into()),
+                persist: l.persist.unwrap_or(false),
+                ots_node_id: l.ots_node_id.clone(),
+                uid: l.amqp_uid.clone().unwrap_or_else(|| format!("takgate-{}", cfg.node.id)),
+                buffer: l.buffer_events.unwrap_or(100_000),
+                queue_depth,
+                backoff: Backoff { min: secs(l.reconnect_min_secs, 0.5), max: secs(l.reconnect_max_secs, 30.0), healthy: Duration::from_secs(60) },
+                policy,
+                counters,
+            });
+            tracing::info!(link = %l.name, mode = ?mode, "amqp link starting");
+            tracker.spawn(crate::transport::amqp::run(s, router.clone(), cancel));
+        }
         Transport::Udp | Transport::Multicast => {
             let format = match l.format {
                 Some(SendFormat::Protobuf) => WireFormat::ProtoMesh,

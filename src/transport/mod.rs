@@ -1,6 +1,7 @@
 //! Transports: one module each, all behind the same link abstraction (a task that decodes
 //! into messages for the router and writes what the router hands it).
 
+pub mod amqp;
 pub mod datagram;
 pub mod stream;
 pub mod tcp;

@@ -1,0 +1,338 @@
+//! The `amqp` link (RabbitMQ with lapin), in two modes.
+//!
+//! * `opentakserver` (OTS 1.7.2+ bus layout, checked against 1.7.11–1.7.14): consume every
+//!   client event from the `firehose` fanout exchange and mission announcements from
+//!   `missions` through an exclusive, server-named queue; deliver into OTS by publishing
+//!   `{"uid": …, "cot": …}` to `groups` with routing key `<group>.OUT`, and to `cot_parser`
+//!   (with OTS's node id as envelope uid) when `persist` is on. OTS's exchanges are only
+//!   checked (passively), never created: if they are missing we say so and retry.
+//! * `cluster`: takgate nodes share one durable topic exchange. Each node publishes what
+//!   its local links receive (the router never hands a link its own input, so what came
+//!   from the broker is not published again), with routing key `cot.<group>.<type>` and its
+//!   node id in a header, and consumes a durable queue of its own bound with `bind_keys`;
+//!   its own messages are dropped by node id.
+//!
+//! Publisher confirms: an event leaves the buffer only when the broker acknowledged it.
+//! While the broker is unreachable events are buffered up to `buffer_events`, then dropped
+//! and counted; the link reconnects with backoff and declares its queue and bindings again.
+//! Redelivery after a reconnect is at-least-once; the router's dedup window makes it
+//! exactly-once toward each link.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::{ingest, log_bad_input};
+use super::tcp::Backoff;
+use crate::codec::WireFormat;
+use crate::config::{AmqpMode, Overflow};
+use crate::cot::xml::{self, XML_DECL};
+use crate::router::{LinkCounters, Message, PeerInfo, PeerPolicy, RouterHandle};
+
+/// OpenTAKServer's exchanges (name, type), all durable.
+pub const OTS_FIREHOSE: (&str, ExchangeKind) = ("firehose", ExchangeKind::Fanout);
+pub const OTS_GROUPS: (&str, ExchangeKind) = ("groups", ExchangeKind::Topic);
+pub const OTS_MISSIONS: (&str, ExchangeKind) = ("missions", ExchangeKind::Topic);
+pub const OTS_COT_PARSER: (&str, ExchangeKind) = ("cot_parser", ExchangeKind::Direct);
+/// OpenTAKServer's message TTL (OTS_RABBITMQ_TTL, ms).
+const OTS_EXPIRATION: &str = "86400000";
+/// Header carrying the publishing node's id in cluster mode.
+pub const NODE_HEADER: &str = "takgate-node";
+
+#[derive(Debug)]
+pub struct AmqpSettings {
+    pub link: String,
+    pub url: String,
+    pub mode: AmqpMode,
+    pub node_id: String,
+    pub exchange: String,
+    pub bind_keys: Vec<String>,
+    pub group: String,
+    pub persist: bool,
+    pub ots_node_id: Option<String>,
+    pub uid: String,
+    pub buffer: usize,
+    pub queue_depth: usize,
+    pub backoff: Backoff,
+    pub policy: Arc<PeerPolicy>,
+    pub counters: Arc<LinkCounters>,
+}
+
+/// OpenTAKServer's envelope.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub uid: Option<String>,
+    pub cot: Option<String>,
+}
+
+/// A routing key word: no '.', '*' or '#'.
+fn word(s: &str) -> String {
+    let w: String = s.chars().map(|c| if matches!(c, '.' | '*' | '#') { '_' } else { c }).collect();
+    if w.is_empty() {
+        "_".into()
+    } else {
+        w
+    }
+}
+
+/// `cot.<group>.<type words>`: e.g. `cot.Cyan.a.f.G.U.C`.
+pub fn cluster_key(m: &Message) -> String {
+    let mut k = format!("cot.{}", word(m.facts.group.as_deref().unwrap_or("")));
+    for part in m.event.cot_type.split('-') {
+        k.push('.');
+        k.push_str(&word(part));
+    }
+    k.truncate(255);
+    k
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Runs the link until `cancel`.
+pub async fn run(s: Arc<AmqpSettings>, router: RouterHandle, cancel: CancellationToken) {
+    let id = router.next_id();
+    let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
+    router
+        .attach(PeerInfo {
+            id,
+            link: s.link.clone(),
+            transport: "amqp",
+            remote: s.url.split('@').next_back().unwrap_or_default().to_owned(),
+            identity: None,
+            policy: s.policy.clone(),
+            tx,
+            overflow: Overflow::Drop,
+            counters: s.counters.clone(),
+            close: cancel.child_token(),
+        })
+        .await;
+    let mut pending: VecDeque<Arc<Message>> = VecDeque::new();
+    let mut attempt = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        match session(&s, &router, id, &mut rx, &mut pending, &cancel).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(link = %s.link, "broker: {e}"),
+        }
+        if started.elapsed() >= s.backoff.healthy {
+            attempt = 0;
+        }
+        let delay = s.backoff.delay(attempt, fastrand::f64());
+        attempt = attempt.saturating_add(1);
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    router.detach(id).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(until) => break,
+                m = rx.recv() => match m {
+                    Some(m) => buffer(&s, &mut pending, m),
+                    None => return,
+                },
+            }
+        }
+    }
+    router.detach(id).await;
+}
+
+fn buffer(s: &AmqpSettings, pending: &mut VecDeque<Arc<Message>>, m: Arc<Message>) {
+    if pending.len() < s.buffer {
+        pending.push_back(m);
+    } else {
+        let n = s.counters.drops_queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_power_of_two() {
+            tracing::warn!(link = %s.link, dropped = n + 1, "broker unreachable and buffer full: dropping events");
+        }
+    }
+}
+
+/// Checks that an OpenTAKServer exchange exists (passive declare on a throwaway channel,
+/// since a failed passive declare closes the channel).
+async fn check_exchange(conn: &Connection, (name, kind): (&str, ExchangeKind)) -> Result<(), String> {
+    let ch = conn.create_channel().await.map_err(|e| err("channel", e))?;
+    let r = ch.exchange_declare(name.into(), kind.clone(), ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() }, FieldTable::default()).await;
+    let _ = ch.close(200, "ok".into()).await;
+    r.map_err(|e| format!("OpenTAKServer exchange {name:?} ({kind:?}, durable) is missing on the broker ({e}); is OpenTAKServer 1.7.2 or later running? takgate does not create OpenTAKServer's exchanges"))
+}
+
+async fn session(s: &AmqpSettings, router: &RouterHandle, id: u64, rx: &mut mpsc::Receiver<Arc<Message>>, pending: &mut VecDeque<Arc<Message>>, cancel: &CancellationToken) -> Result<(), String> {
+    let conn = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        c = Connection::connect(&s.url, ConnectionProperties::default()) => c.map_err(|e| err("connect", e))?,
+    };
+    let publish = conn.create_channel().await.map_err(|e| err("channel", e))?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| err("confirm_select", e))?;
+    let consume = conn.create_channel().await.map_err(|e| err("channel", e))?;
+    consume.basic_qos(256, BasicQosOptions::default()).await.map_err(|e| err("qos", e))?;
+    let queue = match s.mode {
+        AmqpMode::Opentakserver => {
+            for x in [OTS_FIREHOSE, OTS_GROUPS, OTS_MISSIONS] {
+                check_exchange(&conn, x).await?;
+            }
+            if s.persist {
+                check_exchange(&conn, OTS_COT_PARSER).await?;
+            }
+            let q = consume
+                .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+                .await
+                .map_err(|e| err("queue_declare", e))?;
+            let name = q.name().clone();
+            consume.queue_bind(name.clone(), OTS_FIREHOSE.0.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("bind firehose", e))?;
+            for key in ["missions", "missions.#"] {
+                consume.queue_bind(name.clone(), OTS_MISSIONS.0.into(), key.into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("bind missions", e))?;
+            }
+            name
+        }
+        AmqpMode::Cluster => {
+            publish
+                .exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+                .await
+                .map_err(|e| err("exchange_declare", e))?;
+            // A durable queue per node: what others publish while this node reconnects waits.
+            let qname = format!("{}.{}", s.exchange, s.node_id);
+            let q = consume.queue_declare(qname.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.map_err(|e| err("queue_declare", e))?;
+            let keys = if s.bind_keys.is_empty() { vec!["cot.#".to_string()] } else { s.bind_keys.clone() };
+            for k in keys {
+                consume.queue_bind(q.name().clone(), s.exchange.as_str().into(), k.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("queue_bind", e))?;
+            }
+            q.name().clone()
+        }
+    };
+    let mut consumer = consume.basic_consume(queue, format!("takgate-{}", s.node_id).as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(|e| err("consume", e))?;
+    tracing::info!(link = %s.link, mode = ?s.mode, buffered = pending.len(), "broker connected");
+    loop {
+        if !pending.is_empty() {
+            publish_batch(s, &publish, pending).await?;
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                // Publish what is still queued, briefly, then go.
+                while let Ok(m) = rx.try_recv() {
+                    buffer(s, pending, m);
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                    while !pending.is_empty() {
+                        if publish_batch(s, &publish, pending).await.is_err() {
+                            break;
+                        }
+                    }
+                }).await;
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+            m = rx.recv() => {
+                let Some(m) = m else { return Ok(()) };
+                buffer(s, pending, m);
+                while pending.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(m) => buffer(s, pending, m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            d = consumer.next() => match d {
+                Some(Ok(delivery)) => {
+                    receive(s, router, id, &delivery.data, delivery.properties.headers().as_ref()).await;
+                    delivery.ack(BasicAckOptions::default()).await.map_err(|e| err("ack", e))?;
+                }
+                Some(Err(e)) => return Err(err("consume", e)),
+                None => return Err("the broker cancelled our consumer".into()),
+            },
+        }
+    }
+}
+
+fn xml_without_decl(m: &Message) -> &[u8] {
+    let b = m.encoded(WireFormat::Xml);
+    b.strip_prefix(XML_DECL).unwrap_or(b)
+}
+
+/// Publishes up to 256 buffered events and waits for the broker's confirms; only confirmed
+/// events leave the buffer.
+async fn publish_batch(s: &AmqpSettings, ch: &Channel, pending: &mut VecDeque<Arc<Message>>) -> Result<(), String> {
+    let n = pending.len().min(256);
+    let mut confirms = Vec::with_capacity(n * 2);
+    for m in pending.iter().take(n) {
+        match s.mode {
+            AmqpMode::Opentakserver => {
+                let cot = String::from_utf8_lossy(xml_without_decl(m)).into_owned();
+                let props = BasicProperties::default().with_expiration(OTS_EXPIRATION.into()).with_content_type("application/json".into());
+                let body = serde_json::to_vec(&Envelope { uid: Some(s.uid.clone()), cot: Some(cot.clone()) }).unwrap_or_default();
+                let rk = format!("{}.OUT", s.group);
+                confirms.push(ch.basic_publish(OTS_GROUPS.0.into(), rk.as_str().into(), BasicPublishOptions::default(), &body, props.clone()).await.map_err(|e| err("publish", e))?);
+                if s.persist {
+                    let body = serde_json::to_vec(&Envelope { uid: s.ots_node_id.clone(), cot: Some(cot) }).unwrap_or_default();
+                    confirms.push(ch.basic_publish(OTS_COT_PARSER.0.into(), "cot_parser".into(), BasicPublishOptions::default(), &body, props).await.map_err(|e| err("publish", e))?);
+                }
+            }
+            AmqpMode::Cluster => {
+                let mut headers = FieldTable::default();
+                headers.insert(NODE_HEADER.into(), AMQPValue::LongString(s.node_id.as_str().into()));
+                let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers).with_content_type("application/xml".into());
+                let key = cluster_key(m);
+                confirms.push(ch.basic_publish(s.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), m.encoded(WireFormat::Xml), props).await.map_err(|e| err("publish", e))?);
+            }
+        }
+    }
+    for c in confirms {
+        match c.await.map_err(|e| err("confirm", e))? {
+            Confirmation::Nack(_) => return Err("the broker refused an event (nack)".into()),
+            Confirmation::Ack(_) | Confirmation::NotRequested => {}
+        }
+    }
+    pending.drain(..n);
+    s.counters.events_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], headers: Option<&FieldTable>) {
+    s.counters.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let bad = |what: &dyn std::fmt::Display| {
+        let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log_bad_input(n, &s.link, &s.url, what);
+    };
+    let cot: std::borrow::Cow<'_, [u8]> = match s.mode {
+        AmqpMode::Opentakserver => match serde_json::from_slice::<Envelope>(data) {
+            Ok(env) => {
+                if env.uid.as_deref() == Some(s.uid.as_str()) {
+                    return;
+                }
+                match env.cot {
+                    Some(c) => c.into_bytes().into(),
+                    None => return, // a disconnect notice
+                }
+            }
+            Err(e) => return bad(&format!("not an OpenTAKServer envelope: {e}")),
+        },
+        AmqpMode::Cluster => {
+            let from = headers.and_then(|h| h.inner().get(&ShortString::from(NODE_HEADER))).and_then(|v| match v {
+                AMQPValue::LongString(l) => Some(l.to_string()),
+                _ => None,
+            });
+            if from.as_deref() == Some(s.node_id.as_str()) {
+                return;
+            }
+            data.into()
+        }
+    };
+    match xml::decode(&cot) {
+        Ok(ev) => {
+            ingest(router, &s.policy, &s.counters, id, ev, true).await;
+        }
+        Err(e) => bad(&e),
+    }
+}

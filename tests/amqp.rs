@@ -1,0 +1,191 @@
+//! The RabbitMQ bridge against the real broker on 127.0.0.1:5672 (guest/guest):
+//! OpenTAKServer's bus layout both ways with a pytak client, two takgate nodes in cluster
+//! mode, and a broker restart in the middle of a stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::py::{args, peer};
+use common::{gateway, pli, seq_of, Client};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use takgate::cot::xml;
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+async fn broker() -> (Connection, Channel) {
+    let conn = match tokio::time::timeout(Duration::from_secs(10), Connection::connect(URL, ConnectionProperties::default())).await {
+        Ok(Ok(c)) => c,
+        other => panic!("RabbitMQ is not reachable on 127.0.0.1:5672 ({other:?}); scripts/test starts it (rabbitmq-server -detached)"),
+    };
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Declares OpenTAKServer's exchanges exactly as OTS 1.7.x does (the test plays OTS).
+async fn declare_ots(ch: &Channel) {
+    for (name, kind) in [("firehose", ExchangeKind::Fanout), ("groups", ExchangeKind::Topic), ("missions", ExchangeKind::Topic), ("cot_parser", ExchangeKind::Direct)] {
+        ch.exchange_declare(name.into(), kind, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    }
+}
+
+async fn queue_on(ch: &Channel, exchange: &str, key: &str) -> lapin::Consumer {
+    let q = ch.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.queue_bind(q.name().clone(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    ch.basic_consume(q.name().clone(), format!("test-{exchange}-{key}").as_str().into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentakserver_bus_both_ways_with_a_pytak_client() {
+    let (_conn, ch) = broker().await;
+    declare_ots(&ch).await;
+    let mut delivered = queue_on(&ch, "groups", "__ANON__.OUT").await;
+    let mut persisted = queue_on(&ch, "cot_parser", "cot_parser").await;
+    let gw = gateway(&format!(
+        "[node]\nid = \"gw-ots\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"ots\"\ntransport = \"amqp\"\naddress = \"{URL}\"\namqp_mode = \"opentakserver\"\npersist = true\nots_node_id = \"OTS-NODE\"\n"
+    ))
+    .await;
+    let url = format!("tcp://{}", gw.local_addr("c").unwrap());
+    let client = tokio::spawn(peer(args(&format!("--url {url} --uid PYTAK-1 --callsign PY --send 3 --interval 0.1 --listen 4")), 30.0));
+    // pytak -> takgate -> groups/__ANON__.OUT as OpenTAKServer envelopes
+    let mut got = vec![];
+    while got.len() < 3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), delivered.next()).await.expect("envelopes on groups").unwrap().unwrap();
+        let env: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        assert_eq!(env["uid"], "takgate-gw-ots");
+        let cot = env["cot"].as_str().unwrap();
+        assert!(cot.starts_with("<event "), "no XML declaration in the envelope: {cot}");
+        let ev = xml::decode(cot.as_bytes()).unwrap();
+        assert_eq!(ev.uid, "PYTAK-1");
+        assert_eq!(d.properties.expiration().as_ref().map(|e| e.as_str()), Some("86400000"));
+        got.push(seq_of(&ev).unwrap());
+    }
+    assert_eq!(got, [1, 2, 3]);
+    let p = tokio::time::timeout(Duration::from_secs(5), persisted.next()).await.expect("cot_parser copy").unwrap().unwrap();
+    let env: serde_json::Value = serde_json::from_slice(&p.data).unwrap();
+    assert_eq!(env["uid"], "OTS-NODE", "cot_parser envelopes carry OTS's node id (foreign-key safe)");
+    // an OTS client's event on firehose -> takgate -> the pytak client
+    let cot = String::from_utf8(xml::encode(&pli("OTS-EUD-7", "OTSUSER", 42))).unwrap();
+    let body = serde_json::json!({"uid": "OTS-EUD-7", "cot": cot.trim_start_matches(std::str::from_utf8(xml::XML_DECL).unwrap())}).to_string();
+    ch.basic_publish("firehose".into(), "".into(), BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default()).await.unwrap().await.unwrap();
+    // and our own envelope on firehose is skipped (no loop)
+    let own = serde_json::json!({"uid": "takgate-gw-ots", "cot": String::from_utf8(xml::encode(&pli("LOOP", "L", 1))).unwrap()}).to_string();
+    ch.basic_publish("firehose".into(), "".into(), BasicPublishOptions::default(), own.as_bytes(), BasicProperties::default()).await.unwrap().await.unwrap();
+    let run = client.await.unwrap();
+    assert_eq!(run.seqs_from("OTS-EUD-7"), [42], "{:?} {}", run.events, run.stderr);
+    assert!(run.seqs_from("LOOP").is_empty());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_opentakserver_exchanges_are_reported_not_created() {
+    // A vhost of our own without OpenTAKServer: takgate must not create its exchanges.
+    let vhost = format!("takgate-test-{}", std::process::id());
+    let ctl = |a: &[&str]| std::process::Command::new("rabbitmqctl").args(a).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ctl(&["add_vhost", &vhost]) && ctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]), "rabbitmqctl add_vhost");
+    let url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let gw = gateway(&format!("[[link]]\nname = \"ots\"\ntransport = \"amqp\"\naddress = \"{url}\"\namqp_mode = \"opentakserver\"\nreconnect_min_secs = 0.2\n")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let r = ch.exchange_declare("firehose".into(), ExchangeKind::Fanout, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await;
+    assert!(r.is_err(), "takgate created OpenTAKServer's exchange");
+    gw.shutdown().await;
+    let _ = conn.close(200, "bye".into()).await;
+    ctl(&["delete_vhost", &vhost]);
+}
+
+fn cluster_node(id: &str, exchange: &str) -> String {
+    format!(
+        "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"bus\"\ntransport = \"amqp\"\naddress = \"{URL}\"\namqp_mode = \"cluster\"\nexchange = \"{exchange}\"\nreconnect_min_secs = 0.2\nreconnect_max_secs = 1\n"
+    )
+}
+
+async fn cleanup_cluster(ch: &Channel, exchange: &str, nodes: &[&str]) {
+    for n in nodes {
+        let _ = ch.queue_delete(format!("{exchange}.{n}").as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let _ = ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cluster_nodes_route_without_duplicates_or_loops() {
+    let exchange = format!("takgate-test-{}", std::process::id());
+    let n1 = gateway(&cluster_node("n1", &exchange)).await;
+    let n2 = gateway(&cluster_node("n2", &exchange)).await;
+    let mut a1 = Client::tcp(n1.local_addr("c").unwrap()).await;
+    let mut a2 = Client::tcp(n1.local_addr("c").unwrap()).await;
+    let mut b1 = Client::tcp(n2.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..20 {
+        a1.send(&pli("A1", "A1", i)).await;
+    }
+    for i in 100..110 {
+        b1.send(&pli("B1", "B1", i)).await;
+    }
+    let wait = Duration::from_millis(1500);
+    let (ga2, gb1, ga1) = tokio::join!(a2.drain(wait), b1.drain(wait), a1.drain(wait));
+    let seqs = |v: &Vec<takgate::cot::CotEvent>, uid: &str| v.iter().filter(|e| e.uid == uid).filter_map(seq_of).collect::<Vec<_>>();
+    assert_eq!(seqs(&ga2, "A1"), (0..20).collect::<Vec<_>>(), "local delivery once");
+    assert_eq!(seqs(&gb1, "A1"), (0..20).collect::<Vec<_>>(), "through the broker once");
+    assert_eq!(seqs(&ga2, "B1"), (100..110).collect::<Vec<_>>());
+    assert_eq!(seqs(&ga1, "B1"), (100..110).collect::<Vec<_>>());
+    assert!(seqs(&ga1, "A1").is_empty() && seqs(&gb1, "B1").is_empty(), "no echo");
+    let bus1 = n1.counters("bus").unwrap().snapshot();
+    assert_eq!((bus1.events_out, bus1.events_in), (20, 10), "n1 published its 20 once and took n2's 10: {bus1:?}");
+    n1.shutdown().await;
+    n2.shutdown().await;
+    let (_c, ch) = broker().await;
+    cleanup_cluster(&ch, &exchange, &["n1", "n2"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let exchange = format!("takgate-restart-{}", std::process::id());
+    let n1 = gateway(&cluster_node("r1", &exchange)).await;
+    let n2 = gateway(&cluster_node("r2", &exchange)).await;
+    let mut a = Client::tcp(n1.local_addr("c").unwrap()).await;
+    let mut b = Client::tcp(n2.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let total = 150u32;
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            a.send(&pli("STREAM", "S", i)).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        a
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let ctl = |a: &str| assert!(std::process::Command::new("rabbitmqctl").arg(a).status().unwrap().success(), "rabbitmqctl {a}");
+    ctl("stop_app");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ctl("start_app");
+    let _ = std::process::Command::new("rabbitmqctl").args(["await_startup", "--timeout", "60"]).status();
+    let _a = sender.await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < total as usize && tokio::time::Instant::now() < deadline {
+        if let Some(ev) = b.recv(Duration::from_secs(2)).await {
+            if ev.uid == "STREAM" {
+                *seen.entry(seq_of(&ev).unwrap()).or_insert(0) += 1;
+            }
+        }
+    }
+    for ev in b.drain(Duration::from_millis(500)).await {
+        if ev.uid == "STREAM" {
+            *seen.entry(seq_of(&ev).unwrap()).or_insert(0) += 1;
+        }
+    }
+    let missing: Vec<u32> = (0..total).filter(|i| !seen.contains_key(i)).collect();
+    assert!(missing.is_empty(), "lost across the restart: {missing:?}");
+    assert!(seen.values().all(|&c| c == 1), "duplicates: {:?}", seen.iter().filter(|(_, &c)| c > 1).collect::<Vec<_>>());
+    n1.shutdown().await;
+    n2.shutdown().await;
+    let (_c, ch) = broker().await;
+    cleanup_cluster(&ch, &exchange, &["r1", "r2"]).await;
+}
