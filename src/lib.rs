@@ -14,10 +14,12 @@
 //!   [`router::PeerPolicy`], wildcard patterns, and the router actor that fans out to
 //!   bounded per-peer queues without waiting on anyone.
 //! * [`transport`]: stream sessions (TCP/TLS, server and client roles), TCP/TLS listeners
-//!   and reconnecting connectors, UDP and multicast links.
+//!   and reconnecting connectors, UDP and multicast links, the RabbitMQ link
+//!   ([`transport::amqp`]: OpenTAKServer's bus or a takgate cluster).
 //! * [`runtime`]: starts the router and every configured link; clean shutdown.
 //! * [`config`]: the TOML configuration, embedded default and validation.
 //! * [`cotcmd`]: `takgate cot convert` and `takgate cot inspect`.
+//! * [`bench`]: `takgate bench`, the load harness for any TAK server.
 //! * [`error`]: error values for everything that reads bytes from the network.
 
 pub mod bench;

@@ -50,6 +50,8 @@ enum BenchCmd {
     Fanout(takgate::bench::FanoutArgs),
     /// Datagram senders into the gateway (UDP port or multicast group), stream receivers out.
     Udp(takgate::bench::UdpArgs),
+    /// N idle connections; with --pid, the gateway's resident memory per connection.
+    Idle(takgate::bench::IdleArgs),
     /// A plain relay (split after </event>, no parsing) to compare against.
     Relay {
         #[arg(long, default_value = "127.0.0.1:18999")]
@@ -167,6 +169,10 @@ fn main() -> ExitCode {
                     BenchCmd::Udp(a) => {
                         let json = a.target.json;
                         bench::print(&bench::udp(a).await?, json);
+                    }
+                    BenchCmd::Idle(a) => {
+                        let json = a.target.json;
+                        bench::print(&bench::idle(a).await?, json);
                     }
                     BenchCmd::Relay { listen } => {
                         let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;

@@ -288,6 +288,28 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
     })
 }
 
+/// A stream client that reads until `stop_at`, calling `on_frame` for every frame.
+fn receiver(dial: Dial, stop_at: Instant, on_frame: impl Fn(&crate::codec::Frame) + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok((mut io, mut dec, _)) = dial.connect().await else { return };
+        loop {
+            dec.buffer_mut().reserve(64 * 1024);
+            let r = tokio::select! {
+                r = io.read_buf(dec.buffer_mut()) => r,
+                _ = tokio::time::sleep_until(stop_at.into()) => break,
+            };
+            if !matches!(r, Ok(n) if n > 0) {
+                break;
+            }
+            while let Some(f) = dec.next_frame() {
+                if let Ok(f) = f {
+                    on_frame(&f);
+                }
+            }
+        }
+    })
+}
+
 async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -313,6 +335,9 @@ pub struct FanoutArgs {
     /// started in this process, and report takgate's rate as a ratio of it.
     #[arg(long)]
     pub baseline: bool,
+    /// Receivers connect here instead of --target (e.g. a second node of a cluster).
+    #[arg(long)]
+    pub receive_target: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,37 +354,21 @@ pub struct FanoutSummary {
     pub ratio_to_baseline: Option<f64>,
 }
 
-async fn fanout_once(dial: &Dial, senders: u32, receivers: u32, duration: f64) -> (u64, u64) {
+async fn fanout_once(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, duration: f64) -> (u64, u64) {
     let live = Arc::new(Live::default());
     let stop_at = Instant::now() + Duration::from_secs_f64(duration + 1.0);
     let measure_from = Instant::now() + Duration::from_secs(1);
     let counted = Arc::new(AtomicU64::new(0));
-    let mut rx_tasks = vec![];
-    for _ in 0..receivers {
-        let (dial, counted) = (dial.clone(), counted.clone());
-        rx_tasks.push(tokio::spawn(async move {
-            let Ok((mut io, mut dec, _)) = dial.connect().await else { return };
-            loop {
-                dec.buffer_mut().reserve(64 * 1024);
-                let r = tokio::select! {
-                    r = io.read_buf(dec.buffer_mut()) => r,
-                    _ = tokio::time::sleep_until(stop_at.into()) => break,
-                };
-                if !matches!(r, Ok(n) if n > 0) {
-                    break;
-                }
-                let mut k = 0;
-                while let Some(f) = dec.next_frame() {
-                    if f.is_ok() {
-                        k += 1;
-                    }
-                }
+    let rx_tasks: Vec<_> = (0..receivers)
+        .map(|_| {
+            let counted = counted.clone();
+            receiver(rx_dial.clone(), stop_at, move |_| {
                 if Instant::now() >= measure_from {
-                    counted.fetch_add(k, Relaxed);
+                    counted.fetch_add(1, Relaxed);
                 }
-            }
-        }));
-    }
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut tx_tasks = vec![];
     for s in 0..senders {
@@ -391,7 +400,11 @@ async fn fanout_once(dial: &Dial, senders: u32, receivers: u32, duration: f64) -
 pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {
     let dial = a.target.dial().await?;
     eprintln!("fanout: {} senders -> {} receivers for {} s against {}", a.senders, a.receivers, a.duration, a.target.target);
-    let (sent, delivered) = fanout_once(&dial, a.senders, a.receivers, a.duration).await;
+    let rx_dial = match &a.receive_target {
+        Some(t) => Target { target: t.clone(), ..a.target.clone() }.dial().await?,
+        None => dial.clone(),
+    };
+    let (sent, delivered) = fanout_once(&dial, &rx_dial, a.senders, a.receivers, a.duration).await;
     let rate = delivered as f64 / a.duration;
     let mut baseline = None;
     if a.baseline {
@@ -400,7 +413,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {
         let relay = tokio::spawn(conn::relay(l));
         eprintln!("fanout: same load against the plain relay on {addr}");
         let d = Dial { addr, tls: None, proto: false };
-        let (_, b) = fanout_once(&d, a.senders, a.receivers, a.duration).await;
+        let (_, b) = fanout_once(&d, &d, a.senders, a.receivers, a.duration).await;
         relay.abort();
         baseline = Some(b as f64 / a.duration);
     }
@@ -415,6 +428,69 @@ pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {
         deliveries_per_s: rate,
         baseline_deliveries_per_s: baseline,
         ratio_to_baseline: baseline.map(|b| if b > 0.0 { rate / b } else { 0.0 }),
+    })
+}
+
+/// `idle`: N connections that only hold still; the gateway's resident memory per connection.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub clients: u32,
+    /// The gateway's process id, to read its resident memory (VmRSS) before and after.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Seconds to hold the connections after the last one is up.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdleSummary {
+    pub scenario: &'static str,
+    pub clients: u32,
+    pub connected: u64,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    pub rss_per_client_kib: Option<f64>,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub async fn idle(a: IdleArgs) -> Result<IdleSummary, String> {
+    let dial = a.target.dial().await?;
+    let before = a.pid.and_then(rss_kib);
+    let mut held = Vec::with_capacity(a.clients as usize);
+    let mut failed = 0;
+    for i in 0..a.clients {
+        match dial.connect().await {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("connect #{i}: {e}");
+                }
+            }
+        }
+        if i % 1000 == 999 {
+            eprint!("\r connected {}   ", held.len());
+        }
+    }
+    eprintln!();
+    tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
+    let after = a.pid.and_then(rss_kib);
+    let n = held.len() as u64;
+    Ok(IdleSummary {
+        scenario: "idle",
+        clients: a.clients,
+        connected: n,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        rss_per_client_kib: before.zip(after).filter(|_| n > 0).map(|(b, a)| (a as f64 - b as f64) / n as f64),
     })
 }
 
@@ -459,32 +535,18 @@ pub async fn udp(a: UdpArgs) -> Result<UdpSummary, String> {
     let stop_send = Instant::now() + Duration::from_secs_f64(a.duration + 0.5);
     let stop_rx = stop_send + Duration::from_secs(2);
     let counted = Arc::new(AtomicU64::new(0));
-    let mut rx_tasks = vec![];
-    for _ in 0..a.receivers {
-        let (dial, counted) = (dial.clone(), counted.clone());
-        rx_tasks.push(tokio::spawn(async move {
-            let Ok((mut io, mut dec, _)) = dial.connect().await else { return };
-            loop {
-                dec.buffer_mut().reserve(64 * 1024);
-                let r = tokio::select! {
-                    r = io.read_buf(dec.buffer_mut()) => r,
-                    _ = tokio::time::sleep_until(stop_rx.into()) => break,
-                };
-                if !matches!(r, Ok(n) if n > 0) {
-                    break;
-                }
-                while let Some(f) = dec.next_frame() {
-                    if let Ok(f) = f {
-                        if let Seen::Bench(c, _, _) = classify(&f) {
-                            if c >= 2_000_000 {
-                                counted.fetch_add(1, Relaxed);
-                            }
-                        }
+    let rx_tasks: Vec<_> = (0..a.receivers)
+        .map(|_| {
+            let counted = counted.clone();
+            receiver(dial.clone(), stop_rx, move |f| {
+                if let Seen::Bench(c, _, _) = classify(f) {
+                    if c >= 2_000_000 {
+                        counted.fetch_add(1, Relaxed);
                     }
                 }
-            }
-        }));
-    }
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let sent = Arc::new(AtomicU64::new(0));
     let mut tx_tasks = vec![];

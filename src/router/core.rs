@@ -120,6 +120,14 @@ pub struct PeerInfo {
     pub close: CancellationToken,
 }
 
+impl PeerInfo {
+    /// A peer that only receives (a datagram sender, a broker link): no TLS identity,
+    /// overflow drops, closed with `cancel`.
+    pub fn output(id: LinkId, link: &str, transport: &'static str, remote: String, policy: Arc<PeerPolicy>, tx: mpsc::Sender<Outbound>, counters: Arc<LinkCounters>, cancel: &CancellationToken) -> PeerInfo {
+        PeerInfo { id, link: link.to_owned(), transport, remote, identity: None, policy, tx, overflow: Overflow::Drop, counters, close: cancel.child_token() }
+    }
+}
+
 /// Per-peer statistics.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerStats {

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::stream::{ingest, log_bad_input};
 use super::tcp::Backoff;
 use crate::codec::WireFormat;
-use crate::config::{AmqpMode, Overflow};
+use crate::config::AmqpMode;
 use crate::cot::xml::{self, XML_DECL};
 use crate::router::{LinkCounters, Message, PeerInfo, PeerPolicy, RouterHandle};
 
@@ -103,20 +103,8 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 pub async fn run(s: Arc<AmqpSettings>, router: RouterHandle, cancel: CancellationToken) {
     let id = router.next_id();
     let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
-    router
-        .attach(PeerInfo {
-            id,
-            link: s.link.clone(),
-            transport: "amqp",
-            remote: s.url.split('@').next_back().unwrap_or_default().to_owned(),
-            identity: None,
-            policy: s.policy.clone(),
-            tx,
-            overflow: Overflow::Drop,
-            counters: s.counters.clone(),
-            close: cancel.child_token(),
-        })
-        .await;
+    let remote = s.url.split('@').next_back().unwrap_or_default().to_owned();
+    router.attach(PeerInfo::output(id, &s.link, "amqp", remote, s.policy.clone(), tx, s.counters.clone(), &cancel)).await;
     let mut pending: VecDeque<Arc<Message>> = VecDeque::new();
     let mut attempt = 0u32;
     loop {

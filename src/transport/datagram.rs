@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream::{ingest, log_bad_input};
 use crate::codec::{mesh, WireFormat};
-use crate::config::Overflow;
 use crate::router::{LinkCounters, Message, PeerInfo, PeerPolicy, RouterHandle};
 
 /// Settings of one datagram link.
@@ -227,20 +226,7 @@ pub async fn receive_loop(sock: Arc<UdpSocket>, origin: u64, own: Option<(u16, H
 /// Attaches a sending peer for this link and sends each event it gets as one datagram.
 pub async fn send_loop(sock: Arc<UdpSocket>, target: SocketAddr, id: u64, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
-    router
-        .attach(PeerInfo {
-            id,
-            link: s.link.clone(),
-            transport: s.transport,
-            remote: target.to_string(),
-            identity: None,
-            policy: s.policy.clone(),
-            tx,
-            overflow: Overflow::Drop,
-            counters: s.counters.clone(),
-            close: cancel.child_token(),
-        })
-        .await;
+    router.attach(PeerInfo::output(id, &s.link, s.transport, target.to_string(), s.policy.clone(), tx, s.counters.clone(), &cancel)).await;
     loop {
         let m = tokio::select! {
             _ = cancel.cancelled() => break,
