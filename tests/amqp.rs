@@ -189,3 +189,31 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let (_c, ch) = broker().await;
     cleanup_cluster(&ch, &exchange, &["r1", "r2"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_routing_keys_subscribe_by_group_and_type() {
+    let exchange = format!("takgate-keys-{}", std::process::id());
+    let n1 = gateway(&cluster_node("k1", &exchange)).await;
+    // k2 wants only chat (b-t-f) and the Red team's position reports.
+    let k2_cfg = cluster_node("k2", &exchange) + "bind_keys = [\"cot.*.b.t.f\", \"cot.Red.a.#\"]\n";
+    let n2 = gateway(&k2_cfg).await;
+    let mut a = Client::tcp(n1.local_addr("c").unwrap()).await;
+    let mut b = Client::tcp(n2.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let team = |uid: &str, team: &str, seq: u32| {
+        let mut ev = pli(uid, uid, seq);
+        ev.detail.group = Some(takgate::cot::Group { name: team.into(), role: "Team Member".into() });
+        ev
+    };
+    a.send(&team("CYAN-1", "Cyan", 1)).await;
+    a.send(&team("RED-1", "Red", 2)).await;
+    let mut chat = takgate::cot::CotEvent::new("GeoChat.x.All Chat Rooms.1", "b-t-f", "h-g-i-g-o", takgate::cot::CotTime::now(), 60);
+    chat.detail.xml = "<remarks>seq=3</remarks>".into();
+    a.send(&chat).await;
+    let got: Vec<_> = b.drain(Duration::from_millis(1500)).await.iter().filter_map(seq_of).collect();
+    assert_eq!(got, [2, 3], "k2 gets only what its binding keys select");
+    n1.shutdown().await;
+    n2.shutdown().await;
+    let (_c, ch) = broker().await;
+    cleanup_cluster(&ch, &exchange, &["k1", "k2"]).await;
+}

@@ -79,9 +79,12 @@ pub fn now_micros() -> u64 {
 }
 
 /// A position report carrying the bench marker `<__bench c=client s=seq t=micros/>`.
-pub fn bench_event(client: u32, seq: u64, pad: usize) -> CotEvent {
+/// The uid is `bench-<client>`, or `bench-<client>-<seq>` with `uid_per_event` (streams far
+/// above 1 kHz per uid would otherwise be (uid, type, time) duplicates at ms resolution).
+pub fn bench_event(client: u32, seq: u64, pad: usize, uid_per_event: bool) -> CotEvent {
     let now = now_micros();
-    let mut ev = CotEvent::new(format!("bench-{client}"), "a-f-G-U-C", "m-g", CotTime((now / 1000) as i64), 60);
+    let uid = if uid_per_event { format!("bench-{client}-{seq}") } else { format!("bench-{client}") };
+    let mut ev = CotEvent::new(uid, "a-f-G-U-C", "m-g", CotTime((now / 1000) as i64), 60);
     ev.point.lat = 40.0 + (client % 1000) as f64 * 0.001;
     ev.point.lon = -105.0 + (seq % 1000) as f64 * 0.0001;
     ev.detail.contact = Some(Contact { callsign: format!("B{client}"), endpoint: "*:-1:stcp".into(), altendpoints: String::new() });

@@ -188,7 +188,7 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
                 let mut seq = 0u64;
                 while Instant::now() < stop_at {
                     tick.tick().await;
-                    let ev = bench_event(i, seq, pad);
+                    let ev = bench_event(i, seq, pad, false);
                     seq += 1;
                     buf.clear();
                     format.encode_into(&ev, &mut buf);
@@ -380,7 +380,7 @@ async fn fanout_once(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, 
             while Instant::now() < stop_at {
                 buf.clear();
                 for _ in 0..32 {
-                    format.encode_into(&bench_event(1_000_000 + s, seq, 0), &mut buf);
+                    format.encode_into(&bench_event(1_000_000 + s, seq, 0, true), &mut buf);
                     seq += 1;
                 }
                 if io.write_all(&buf).await.is_err() {
@@ -570,7 +570,7 @@ pub async fn udp(a: UdpArgs) -> Result<UdpSummary, String> {
                 }
                 for _ in 0..(due - seq).min(50) {
                     buf.clear();
-                    crate::codec::WireFormat::Xml.encode_into(&bench_event(2_000_000 + s, seq, 0), &mut buf);
+                    crate::codec::WireFormat::Xml.encode_into(&bench_event(2_000_000 + s, seq, 0, true), &mut buf);
                     seq += 1;
                     if sock.send_to(&buf, target).await.is_ok() {
                         sent.fetch_add(1, Relaxed);

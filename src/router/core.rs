@@ -22,6 +22,13 @@ use super::message::{LinkId, Message};
 use super::policy::{PeerPolicy, RateLimiter};
 use crate::config::Overflow;
 
+/// A contact not heard from for this long is forgotten (direct messages to it then go
+/// upstream).
+const CONTACT_TTL: Duration = Duration::from_secs(15 * 60);
+const CONTACT_SWEEP: Duration = Duration::from_secs(30);
+/// At most this many contacts are remembered per table.
+const MAX_CONTACTS: usize = 100_000;
+
 /// Counters of one link or peer. Shared with the link task; read for stats and metrics.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
@@ -203,8 +210,11 @@ struct Peer {
 /// The router state, owned by its task.
 pub struct Router {
     peers: Vec<Peer>,
-    by_callsign: HashMap<String, LinkId>,
-    by_uid: HashMap<String, LinkId>,
+    /// Where contacts were last seen: (link, when). Aged out after CONTACT_TTL and capped
+    /// at MAX_CONTACTS, so a flood of unique uids cannot grow memory without bound.
+    by_callsign: HashMap<String, (LinkId, Instant)>,
+    by_uid: HashMap<String, (LinkId, Instant)>,
+    last_contact_sweep: Instant,
     dedup: HashMap<u64, Instant>,
     dedup_window: Duration,
     last_sweep: Instant,
@@ -221,6 +231,7 @@ impl Router {
             peers: Vec::new(),
             by_callsign: HashMap::new(),
             by_uid: HashMap::new(),
+            last_contact_sweep: Instant::now(),
             dedup: HashMap::new(),
             dedup_window,
             last_sweep: Instant::now(),
@@ -249,8 +260,8 @@ impl Router {
 
     fn detach(&mut self, id: LinkId) {
         self.peers.retain(|p| p.info.id != id);
-        self.by_callsign.retain(|_, l| *l != id);
-        self.by_uid.retain(|_, l| *l != id);
+        self.by_callsign.retain(|_, (l, _)| *l != id);
+        self.by_uid.retain(|_, (l, _)| *l != id);
     }
 
     fn stats(&self) -> Vec<PeerStats> {
@@ -302,27 +313,20 @@ impl Router {
         }
         // Learn where contacts live from their position reports.
         if m.event.cot_type.starts_with("a-") {
-            if let Some(cs) = &m.facts.callsign {
-                if self.by_callsign.get(cs) != Some(&m.origin) {
-                    self.by_callsign.insert(cs.clone(), m.origin);
-                }
-            }
-            if self.by_uid.get(&m.event.uid) != Some(&m.origin) {
-                self.by_uid.insert(m.event.uid.clone(), m.origin);
-            }
+            self.learn_contact(m, now);
         }
         if m.facts.is_direct() {
             let mut targets: Vec<LinkId> = Vec::new();
             let mut unknown = false;
             for cs in &m.facts.dest_callsigns {
                 match self.by_callsign.get(cs) {
-                    Some(id) => targets.push(*id),
+                    Some((id, _)) => targets.push(*id),
                     None => unknown = true,
                 }
             }
             for uid in &m.facts.dest_uids {
                 match self.by_uid.get(uid) {
-                    Some(id) => targets.push(*id),
+                    Some((id, _)) => targets.push(*id),
                     None => unknown = true,
                 }
             }
@@ -340,6 +344,25 @@ impl Router {
                 self.deliver(i, m, now);
             }
         }
+    }
+
+    fn learn_contact(&mut self, m: &Message, now: Instant) {
+        if now.duration_since(self.last_contact_sweep) > CONTACT_SWEEP {
+            self.by_callsign.retain(|_, (_, t)| now.duration_since(*t) < CONTACT_TTL);
+            self.by_uid.retain(|_, (_, t)| now.duration_since(*t) < CONTACT_TTL);
+            self.last_contact_sweep = now;
+        }
+        fn note(map: &mut HashMap<String, (LinkId, Instant)>, key: &str, link: LinkId, now: Instant) {
+            if let Some(e) = map.get_mut(key) {
+                *e = (link, now);
+            } else if map.len() < MAX_CONTACTS {
+                map.insert(key.to_owned(), (link, now));
+            }
+        }
+        if let Some(cs) = &m.facts.callsign {
+            note(&mut self.by_callsign, cs, m.origin, now);
+        }
+        note(&mut self.by_uid, &m.event.uid, m.origin, now);
     }
 
     fn deliver(&mut self, i: usize, m: &Arc<Message>, now: Instant) {

@@ -107,10 +107,29 @@ fn reusable(addr: &SocketAddr) -> Result<Socket, std::io::Error> {
     Ok(s)
 }
 
+/// Receive buffer asked for on datagram sockets: bursts at 100k datagrams/s need it.
+const RECV_BUFFER: usize = 16 << 20;
+
+/// A large receive buffer: SO_RCVBUFFORCE where we are allowed (root, CAP_NET_ADMIN),
+/// else SO_RCVBUF, which the kernel caps at net.core.rmem_max.
+fn big_recv_buffer(s: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let v: libc::c_int = RECV_BUFFER as libc::c_int;
+        // SAFETY: setsockopt with a pointer to a c_int that lives for the call.
+        let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &v as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        if r == 0 {
+            return;
+        }
+    }
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+}
+
 /// A UDP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT.
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
     let s = reusable(&addr).map_err(|e| NetError(format!("socket: {e}")))?;
-    let _ = s.set_recv_buffer_size(4 << 20);
+    big_recv_buffer(&s);
     s.bind(&SockAddr::from(addr)).map_err(|e| NetError(format!("cannot bind {addr}: {e}")))?;
     UdpSocket::from_std(s.into()).map_err(|e| NetError(e.to_string()))
 }
@@ -131,7 +150,7 @@ pub fn multicast_sockets(o: &MulticastOptions) -> Result<(UdpSocket, UdpSocket, 
     let local: HashSet<IpAddr> = all.iter().flat_map(|i| i.2.iter().copied()).collect();
     let err = |what: &str, e: std::io::Error| NetError(format!("multicast {}: {what}: {e}", o.group));
     let rx = reusable(&o.group).map_err(|e| err("socket", e))?;
-    let _ = rx.set_recv_buffer_size(4 << 20);
+    big_recv_buffer(&rx);
     // Binding to the group address (Linux) receives only this group's traffic on the port;
     // where that is refused, the unspecified address with the group's port.
     if rx.bind(&SockAddr::from(o.group)).is_err() {
