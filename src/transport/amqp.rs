@@ -201,45 +201,113 @@ async fn session(s: &AmqpSettings, router: &RouterHandle, id: u64, rx: &mut mpsc
     };
     let mut consumer = consume.basic_consume(queue, format!("takgate-{}", s.node_id).as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(|e| err("consume", e))?;
     tracing::info!(link = %s.link, mode = ?s.mode, buffered = pending.len(), "broker connected");
+    let mut inflight: InFlight = VecDeque::new();
+    let result = pump(s, router, id, rx, pending, cancel, &publish, &mut consumer, &mut inflight).await;
+    // Whatever the broker did not confirm goes back to the front of the buffer, in order.
+    for m in inflight.into_iter().rev().filter_map(|(_, m)| m) {
+        pending.push_front(m);
+    }
+    if result.is_ok() {
+        let _ = conn.close(200, "shutdown".into()).await;
+    }
+    result
+}
+
+/// Published events waiting for the broker's confirm; the message rides on its last confirm.
+type InFlight = VecDeque<(std::pin::Pin<Box<lapin::PublisherConfirm>>, Option<Arc<Message>>)>;
+
+/// How many confirms may be outstanding at once.
+const WINDOW: usize = 4096;
+
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    s: &AmqpSettings,
+    router: &RouterHandle,
+    id: u64,
+    rx: &mut mpsc::Receiver<Arc<Message>>,
+    pending: &mut VecDeque<Arc<Message>>,
+    cancel: &CancellationToken,
+    publish: &Channel,
+    consumer: &mut lapin::Consumer,
+    inflight: &mut InFlight,
+) -> Result<(), String> {
+    // Deliveries are acknowledged in bulk (`multiple`): every ACK_EVERY, or when idle.
+    let mut unacked: Option<lapin::message::Delivery> = None;
+    let mut unacked_n = 0usize;
     loop {
-        if !pending.is_empty() {
-            publish_batch(s, &publish, pending).await?;
-            continue;
+        while inflight.len() < WINDOW && !pending.is_empty() {
+            publish_next(s, publish, pending, inflight).await?;
         }
         tokio::select! {
             _ = cancel.cancelled() => {
-                // Publish what is still queued, briefly, then go.
+                if let Some(d) = unacked.take() {
+                    let _ = d.ack(BasicAckOptions { multiple: true }).await;
+                }
                 while let Ok(m) = rx.try_recv() {
                     buffer(s, pending, m);
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                // Publish what is still queued and wait for its confirms, briefly.
+                let drained = tokio::time::timeout(Duration::from_secs(3), async {
                     while !pending.is_empty() {
-                        if publish_batch(s, &publish, pending).await.is_err() {
-                            break;
-                        }
+                        publish_next(s, publish, pending, inflight).await?;
                     }
+                    while let Some((c, m)) = inflight.pop_front() {
+                        confirmed(s, c.await.map_err(|e| err("confirm", e))?, m)?;
+                    }
+                    Ok::<(), String>(())
                 }).await;
-                let _ = conn.close(200, "shutdown".into()).await;
-                return Ok(());
+                return drained.unwrap_or(Ok(()));
             }
-            m = rx.recv() => {
+            c = async { inflight.front_mut().map(|(c, _)| c).expect("guarded").await }, if !inflight.is_empty() => {
+                let (_, m) = inflight.pop_front().expect("non-empty");
+                confirmed(s, c.map_err(|e| err("confirm", e))?, m)?;
+            }
+            m = rx.recv(), if pending.len() < s.buffer => {
                 let Some(m) = m else { return Ok(()) };
                 buffer(s, pending, m);
-                while pending.len() < 256 {
+                while pending.len() < 1024 {
                     match rx.try_recv() {
                         Ok(m) => buffer(s, pending, m),
                         Err(_) => break,
                     }
                 }
             }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if unacked.is_some() => {
+                if let Some(d) = unacked.take() {
+                    d.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
+                    unacked_n = 0;
+                }
+            }
             d = consumer.next() => match d {
                 Some(Ok(delivery)) => {
                     receive(s, router, id, &delivery.data, delivery.properties.headers().as_ref()).await;
-                    delivery.ack(BasicAckOptions::default()).await.map_err(|e| err("ack", e))?;
+                    unacked_n += 1;
+                    if unacked_n >= ACK_EVERY {
+                        delivery.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
+                        unacked = None;
+                        unacked_n = 0;
+                    } else {
+                        unacked = Some(delivery);
+                    }
                 }
                 Some(Err(e)) => return Err(err("consume", e)),
                 None => return Err("the broker cancelled our consumer".into()),
             },
+        }
+    }
+}
+
+/// Deliveries acknowledged together (after they were routed).
+const ACK_EVERY: usize = 64;
+
+fn confirmed(s: &AmqpSettings, c: Confirmation, m: Option<Arc<Message>>) -> Result<(), String> {
+    match c {
+        Confirmation::Nack(_) => Err("the broker refused an event (nack)".into()),
+        Confirmation::Ack(_) | Confirmation::NotRequested => {
+            if m.is_some() {
+                s.counters.events_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
         }
     }
 }
@@ -249,22 +317,31 @@ fn xml_without_decl(m: &Message) -> &[u8] {
     b.strip_prefix(XML_DECL).unwrap_or(b)
 }
 
-/// Publishes up to 256 buffered events and waits for the broker's confirms; only confirmed
-/// events leave the buffer.
-async fn publish_batch(s: &AmqpSettings, ch: &Channel, pending: &mut VecDeque<Arc<Message>>) -> Result<(), String> {
-    let n = pending.len().min(256);
-    let mut confirms = Vec::with_capacity(n * 2);
-    for m in pending.iter().take(n) {
+/// Takes the next buffered event and publishes it; on a failure it goes back to the front.
+async fn publish_next(s: &AmqpSettings, ch: &Channel, pending: &mut VecDeque<Arc<Message>>, inflight: &mut InFlight) -> Result<(), String> {
+    let Some(m) = pending.pop_front() else { return Ok(()) };
+    if let Err(e) = publish_one(s, ch, &m, inflight).await {
+        pending.push_front(m);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Publishes one event (two messages for OpenTAKServer with `persist`) and queues its
+/// confirms.
+async fn publish_one(s: &AmqpSettings, ch: &Channel, m: &Arc<Message>, inflight: &mut InFlight) -> Result<(), String> {
+    let mut confirms = Vec::with_capacity(2);
+    let r = async {
         match s.mode {
             AmqpMode::Opentakserver => {
                 let cot = String::from_utf8_lossy(xml_without_decl(m)).into_owned();
                 let props = BasicProperties::default().with_expiration(OTS_EXPIRATION.into()).with_content_type("application/json".into());
                 let body = serde_json::to_vec(&Envelope { uid: Some(s.uid.clone()), cot: Some(cot.clone()) }).unwrap_or_default();
                 let rk = format!("{}.OUT", s.group);
-                confirms.push(ch.basic_publish(OTS_GROUPS.0.into(), rk.as_str().into(), BasicPublishOptions::default(), &body, props.clone()).await.map_err(|e| err("publish", e))?);
+                confirms.push(ch.basic_publish(OTS_GROUPS.0.into(), rk.as_str().into(), BasicPublishOptions::default(), &body, props.clone()).await?);
                 if s.persist {
                     let body = serde_json::to_vec(&Envelope { uid: s.ots_node_id.clone(), cot: Some(cot) }).unwrap_or_default();
-                    confirms.push(ch.basic_publish(OTS_COT_PARSER.0.into(), "cot_parser".into(), BasicPublishOptions::default(), &body, props).await.map_err(|e| err("publish", e))?);
+                    confirms.push(ch.basic_publish(OTS_COT_PARSER.0.into(), "cot_parser".into(), BasicPublishOptions::default(), &body, props).await?);
                 }
             }
             AmqpMode::Cluster => {
@@ -272,18 +349,17 @@ async fn publish_batch(s: &AmqpSettings, ch: &Channel, pending: &mut VecDeque<Ar
                 headers.insert(NODE_HEADER.into(), AMQPValue::LongString(s.node_id.as_str().into()));
                 let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers).with_content_type("application/xml".into());
                 let key = cluster_key(m);
-                confirms.push(ch.basic_publish(s.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), m.encoded(WireFormat::Xml), props).await.map_err(|e| err("publish", e))?);
+                confirms.push(ch.basic_publish(s.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), m.encoded(WireFormat::Xml), props).await?);
             }
         }
+        Ok::<(), lapin::Error>(())
     }
-    for c in confirms {
-        match c.await.map_err(|e| err("confirm", e))? {
-            Confirmation::Nack(_) => return Err("the broker refused an event (nack)".into()),
-            Confirmation::Ack(_) | Confirmation::NotRequested => {}
-        }
+    .await;
+    r.map_err(|e| err("publish", e))?;
+    let last = confirms.len().saturating_sub(1);
+    for (i, c) in confirms.into_iter().enumerate() {
+        inflight.push_back((Box::pin(c), (i == last).then(|| m.clone())));
     }
-    pending.drain(..n);
-    s.counters.events_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
