@@ -28,6 +28,7 @@ pub mod config;
 pub mod cot;
 pub mod cotcmd;
 pub mod error;
+pub mod federation;
 pub mod router;
 pub mod runtime;
 pub mod transport;

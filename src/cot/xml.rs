@@ -348,6 +348,52 @@ pub fn walk_fragment(xml: &str, mut f: impl FnMut(&[u8])) -> Result<(), CodecErr
     }
 }
 
+/// A detail fragment without its top-level `elem` elements.
+pub fn without_element(xml: &str, elem: &str) -> String {
+    let mut r = Reader::from_str(xml);
+    let mut out = String::with_capacity(xml.len());
+    let mut last = 0;
+    loop {
+        let before = r.buffer_position() as usize;
+        let Ok(ev) = r.read_event() else { return xml.to_owned() };
+        match ev {
+            Event::Empty(e) if e.name().as_ref() == elem.as_bytes() => {
+                out.push_str(&xml[last..before]);
+                last = r.buffer_position() as usize;
+            }
+            Event::Start(e) => {
+                let hit = e.name().as_ref() == elem.as_bytes();
+                if r.read_to_end(e.name()).is_err() {
+                    return xml.to_owned();
+                }
+                if hit {
+                    out.push_str(&xml[last..before]);
+                    last = r.buffer_position() as usize;
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    out.push_str(&xml[last..]);
+    out
+}
+
+/// Decodes a whole `<detail>…</detail>` element (as federation GeoEvents carry it).
+pub fn decode_detail_element(detail: &str) -> Result<Detail, CodecError> {
+    let body = detail.trim_start_matches('\u{feff}').trim();
+    let body = match body.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map(|(_, r)| r.trim_start()).unwrap_or(""),
+        None => body,
+    };
+    let doc = format!("<event uid=\"x\" type=\"x\" time=\"1970-01-01T00:00:00Z\" stale=\"1970-01-01T00:00:00Z\"><point lat=\"0\" lon=\"0\"/>{body}</event>");
+    let ev = decode(doc.as_bytes())?;
+    if !ev.extra_xml.is_empty() {
+        return Err(CodecError::BadXmlDetail("not a single <detail> element".into()));
+    }
+    Ok(ev.detail)
+}
+
 /// The value of `attr` on the first top-level `elem` of a detail fragment.
 pub fn find_attr(xml: &str, elem: &str, attr: &str) -> Option<String> {
     let mut r = Reader::from_str(xml);
@@ -433,14 +479,21 @@ pub fn encode_into(ev: &CotEvent, out: &mut Vec<u8>) {
     attr_f64(out, "ce", p.ce);
     attr_f64(out, "le", p.le);
     out.extend_from_slice(b"/>");
-    encode_detail(&ev.detail, out);
+    encode_detail(&ev.detail, out, false);
     out.extend_from_slice(ev.extra_xml.as_bytes());
     out.extend_from_slice(b"</event>");
 }
 
-fn encode_detail(d: &Detail, out: &mut Vec<u8>) {
+/// Writes `<detail>…</detail>`: the verbatim part, then the typed parts as elements. With
+/// `skip_flat`, status, track and precisionlocation are left out (federation GeoEvents carry
+/// them in fields of their own).
+pub(crate) fn encode_detail(d: &Detail, out: &mut Vec<u8>, skip_flat: bool) {
+    encode_detail_with(d, &d.xml, out, skip_flat)
+}
+
+pub(crate) fn encode_detail_with(d: &Detail, verbatim: &str, out: &mut Vec<u8>, skip_flat: bool) {
     out.extend_from_slice(b"<detail>");
-    out.extend_from_slice(d.xml.as_bytes());
+    out.extend_from_slice(verbatim.as_bytes());
     if let Some(c) = &d.contact {
         out.extend_from_slice(b"<contact");
         attr(out, "callsign", &c.callsign);
@@ -458,13 +511,13 @@ fn encode_detail(d: &Detail, out: &mut Vec<u8>) {
         attr(out, "role", &g.role);
         out.extend_from_slice(b"/>");
     }
-    if let Some(p) = &d.precision_location {
+    if let Some(p) = d.precision_location.as_ref().filter(|_| !skip_flat) {
         out.extend_from_slice(b"<precisionlocation");
         attr(out, "geopointsrc", &p.geopointsrc);
         attr(out, "altsrc", &p.altsrc);
         out.extend_from_slice(b"/>");
     }
-    if let Some(s) = &d.status {
+    if let Some(s) = d.status.as_ref().filter(|_| !skip_flat) {
         use std::io::Write;
         let _ = write!(out, "<status battery=\"{}\"/>", s.battery);
     }
@@ -480,7 +533,7 @@ fn encode_detail(d: &Detail, out: &mut Vec<u8>) {
         attr(out, "version", &t.version);
         out.extend_from_slice(b"/>");
     }
-    if let Some(t) = &d.track {
+    if let Some(t) = d.track.as_ref().filter(|_| !skip_flat) {
         out.extend_from_slice(b"<track");
         attr_f64(out, "speed", t.speed);
         attr_f64(out, "course", t.course);

@@ -1,0 +1,6 @@
+//! TAK Server federation. Messages of `fig.proto` (shared by v1 frames and the v2 gRPC
+//! service), GeoEvent <-> CotEvent conversion, and the v1 framing.
+
+pub mod convert;
+pub mod fig;
+pub mod v1;
