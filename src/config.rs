@@ -76,6 +76,8 @@ pub enum Transport {
     Multicast,
     /// RabbitMQ (AMQP 0-9-1): OpenTAKServer's bus or a takgate cluster.
     Amqp,
+    /// TAK Server federation v1 (port 9000): mutual TLS, length-prefixed FederatedEvents.
+    FederationV1,
 }
 
 /// What an `amqp` link talks to.
@@ -193,6 +195,10 @@ pub struct LinkConfig {
     pub amqp_uid: Option<String>,
     /// Events buffered while the broker is unreachable; beyond this they are dropped and counted.
     pub buffer_events: Option<usize>,
+    /// Federation: accepted peer certificate fingerprints (SHA-256, `AA:BB:…`); empty:
+    /// any peer whose certificate chains to `ca`.
+    #[serde(default)]
+    pub allow_fingerprints: Vec<String>,
     #[serde(default)]
     pub policy: PolicyConfig,
 }
@@ -224,6 +230,9 @@ pub struct PolicyConfig {
     /// Where direct messages (`marti/dest`) for contacts we have not seen go: links with
     /// this flag (default: true for outgoing stream connections, false otherwise).
     pub upstream: Option<bool>,
+    /// Federation links: also send what came from other federates (default false: like
+    /// TAK Server, federation is pair-wise).
+    pub relay_federates: bool,
 }
 
 /// A token bucket per uid toward this peer: at most `burst` events, refilled one per
@@ -315,7 +324,7 @@ impl Config {
             }
             match (l.transport, mode) {
                 (Transport::Amqp, _) => {}
-                (Transport::Tcp | Transport::Tls, Mode::Listen | Mode::Connect) => {}
+                (Transport::Tcp | Transport::Tls | Transport::FederationV1, Mode::Listen | Mode::Connect) => {}
                 (Transport::Udp, Mode::Listen | Mode::Send) => {}
                 (Transport::Multicast, _) if l.mode.is_none() => {}
                 (t, m) => return Err(bad(format!("mode: {m:?} does not apply to transport {t:?}").to_lowercase())),
@@ -330,7 +339,17 @@ impl Config {
             } else if !addr.contains(':') {
                 return Err(bad(format!("address: {addr:?} must be host:port")));
             }
-            let stream = matches!(l.transport, Transport::Tcp | Transport::Tls);
+            let fed = l.transport == Transport::FederationV1;
+            if fed && (l.ca.is_none() || l.cert.is_none() || l.key.is_none()) {
+                return Err(bad("federation links use mutual TLS: ca, cert and key are required".into()));
+            }
+            if !fed && !l.allow_fingerprints.is_empty() {
+                return Err(bad("allow_fingerprints applies only to federation links".into()));
+            }
+            if fed && (l.negotiate.is_some() || l.format.is_some()) {
+                return Err(bad("negotiate and format do not apply to federation links".into()));
+            }
+            let stream = matches!(l.transport, Transport::Tcp | Transport::Tls | Transport::FederationV1);
             let datagram = matches!(l.transport, Transport::Udp | Transport::Multicast);
             if stream && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some() || l.max_datagram_bytes.is_some()) {
                 return Err(bad("interfaces, ttl, loopback and max_datagram_bytes apply only to udp and multicast links".into()));
@@ -344,7 +363,7 @@ impl Config {
             if l.transport != Transport::Multicast && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some()) {
                 return Err(bad("interfaces, ttl and loopback apply only to multicast links".into()));
             }
-            if l.transport != Transport::Tls {
+            if !matches!(l.transport, Transport::Tls | Transport::FederationV1) {
                 if l.ca.is_some() || l.cert.is_some() || l.key.is_some() || l.require_client_cert.is_some() || l.server_name.is_some() || l.handshake_timeout_secs.is_some() {
                     return Err(bad("ca, cert, key, require_client_cert, server_name and handshake_timeout_secs apply only to tls links".into()));
                 }

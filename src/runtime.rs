@@ -133,15 +133,59 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 let sc = tls::server_config(cert, key, l.ca.as_deref(), l.require_client_cert.unwrap_or(l.ca.is_some())).map_err(|e| e.0)?;
                 Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout }
             };
+            let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone() };
+            let session: tcp::SessionFn = {
+                let router = router.clone();
+                Arc::new(move |io, remote, id, cancel| Box::pin(crate::transport::stream::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))
+            };
             if connect {
                 let backoff = Backoff { min: secs(l.reconnect_min_secs, 1.0), max: secs(l.reconnect_max_secs, 60.0), healthy: Duration::from_secs(60) };
-                tracker.spawn(tcp::connect_loop(l.address.clone(), sec, backoff, settings, router.clone(), cancel));
+                tracker.spawn(tcp::connect_loop(l.address.clone(), sec, backoff, endpoint, session, cancel));
                 tracing::info!(link = %l.name, transport = ?l.transport, address = %l.address, "connecting");
             } else {
                 let listener = TcpListener::bind(&l.address).await.map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
                 status.local_addr = listener.local_addr().ok();
                 tracing::info!(link = %l.name, transport = ?l.transport, address = ?status.local_addr, "listening");
-                tracker.spawn(tcp::listen(listener, sec, settings, router.clone(), cancel, tracker.clone()));
+                tracker.spawn(tcp::listen(listener, sec, endpoint, session, cancel, tracker.clone()));
+            }
+        }
+        Transport::FederationV1 => {
+            let (ca, cert, key) = match (&l.ca, &l.cert, &l.key) {
+                (Some(a), Some(b), Some(c)) => (a.as_path(), b.as_path(), c.as_path()),
+                _ => return Err("federation links need ca, cert and key".into()),
+            };
+            let mut p = PeerPolicy::new(&l.policy, false)?;
+            p.federate = true;
+            let settings = Arc::new(crate::federation::link::FedSettings {
+                link: l.name.clone(),
+                node_id: cfg.node.id.clone(),
+                policy: Arc::new(p),
+                counters: counters.clone(),
+                queue_depth,
+                idle_timeout: Some(secs(l.idle_timeout_secs, 900.0)),
+                max_frame: l.max_event_bytes.unwrap_or(crate::federation::v1::DEFAULT_MAX_FRAME),
+                allow: l.allow_fingerprints.clone(),
+            });
+            let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
+            let endpoint = tcp::Endpoint { link: l.name.clone(), counters };
+            let session: tcp::SessionFn = {
+                let router = router.clone();
+                Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::link::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))
+            };
+            if connect {
+                let cc = tls::client_config(ca, Some((cert, key))).map_err(|e| e.0)?;
+                let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
+                let sec = Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout };
+                let backoff = Backoff { min: secs(l.reconnect_min_secs, 1.0), max: secs(l.reconnect_max_secs, 60.0), healthy: Duration::from_secs(60) };
+                tracing::info!(link = %l.name, address = %l.address, "federation v1: connecting");
+                tracker.spawn(tcp::connect_loop(l.address.clone(), sec, backoff, endpoint, session, cancel));
+            } else {
+                let sc = tls::server_config(cert, key, Some(ca), true).map_err(|e| e.0)?;
+                let sec = Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout };
+                let listener = TcpListener::bind(&l.address).await.map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+                status.local_addr = listener.local_addr().ok();
+                tracing::info!(link = %l.name, address = ?status.local_addr, "federation v1: listening");
+                tracker.spawn(tcp::listen(listener, sec, endpoint, session, cancel, tracker.clone()));
             }
         }
         Transport::Amqp => {

@@ -3,4 +3,5 @@
 
 pub mod convert;
 pub mod fig;
+pub mod link;
 pub mod v1;

@@ -163,6 +163,10 @@ enum Cmd {
     Detach(LinkId),
     Route(Arc<Message>),
     Stats(oneshot::Sender<Vec<PeerStats>>),
+    /// The latest position report of every contact seen on non-federate links.
+    Snapshot(oneshot::Sender<Vec<Arc<Message>>>),
+    /// A contact announced by a peer (federation contact CREATE).
+    Contact { uid: String, callsign: String, link: LinkId },
 }
 
 /// A cheap, cloneable handle to the router actor.
@@ -193,6 +197,18 @@ impl RouterHandle {
     pub fn try_route(&self, m: Arc<Message>) -> bool {
         self.tx.try_send(Cmd::Route(m)).is_ok()
     }
+    /// The latest position report of every local contact (for a new federate).
+    pub async fn snapshot(&self) -> Vec<Arc<Message>> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Snapshot(tx)).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+    /// Registers where a contact lives, as announced by a peer.
+    pub async fn learn_contact(&self, uid: String, callsign: String, link: LinkId) {
+        let _ = self.tx.send(Cmd::Contact { uid, callsign, link }).await;
+    }
     pub async fn stats(&self) -> Vec<PeerStats> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Stats(tx)).await.is_err() {
@@ -214,6 +230,8 @@ pub struct Router {
     /// at MAX_CONTACTS, so a flood of unique uids cannot grow memory without bound.
     by_callsign: HashMap<String, (LinkId, Instant)>,
     by_uid: HashMap<String, (LinkId, Instant)>,
+    /// Latest position report per uid from non-federate links (same bounds as contacts).
+    latest_sa: HashMap<String, Arc<Message>>,
     last_contact_sweep: Instant,
     dedup: HashMap<u64, Instant>,
     dedup_window: Duration,
@@ -231,6 +249,7 @@ impl Router {
             peers: Vec::new(),
             by_callsign: HashMap::new(),
             by_uid: HashMap::new(),
+            latest_sa: HashMap::new(),
             last_contact_sweep: Instant::now(),
             dedup: HashMap::new(),
             dedup_window,
@@ -253,6 +272,16 @@ impl Router {
                     Cmd::Stats(reply) => {
                         let _ = reply.send(self.stats());
                     }
+                    Cmd::Snapshot(reply) => {
+                        let _ = reply.send(self.latest_sa.values().cloned().collect());
+                    }
+                    Cmd::Contact { uid, callsign, link } => {
+                        let now = Instant::now();
+                        self.by_uid.insert(uid, (link, now));
+                        if !callsign.is_empty() {
+                            self.by_callsign.insert(callsign, (link, now));
+                        }
+                    }
                 }
             }
         }
@@ -262,6 +291,7 @@ impl Router {
         self.peers.retain(|p| p.info.id != id);
         self.by_callsign.retain(|_, (l, _)| *l != id);
         self.by_uid.retain(|_, (l, _)| *l != id);
+        self.latest_sa.retain(|_, m| m.origin != id);
     }
 
     fn stats(&self) -> Vec<PeerStats> {
@@ -314,6 +344,9 @@ impl Router {
         // Learn where contacts live from their position reports.
         if m.event.cot_type.starts_with("a-") {
             self.learn_contact(m, now);
+            if !m.from_federate && m.facts.callsign.is_some() && (self.latest_sa.len() < MAX_CONTACTS || self.latest_sa.contains_key(&m.event.uid)) {
+                self.latest_sa.insert(m.event.uid.clone(), m.clone());
+            }
         }
         if m.facts.is_direct() {
             let mut targets: Vec<LinkId> = Vec::new();
@@ -346,10 +379,11 @@ impl Router {
         }
     }
 
-    fn learn_contact(&mut self, m: &Message, now: Instant) {
+    fn learn_contact(&mut self, m: &Arc<Message>, now: Instant) {
         if now.duration_since(self.last_contact_sweep) > CONTACT_SWEEP {
             self.by_callsign.retain(|_, (_, t)| now.duration_since(*t) < CONTACT_TTL);
             self.by_uid.retain(|_, (_, t)| now.duration_since(*t) < CONTACT_TTL);
+            self.latest_sa.retain(|_, m| now.duration_since(m.received) < CONTACT_TTL);
             self.last_contact_sweep = now;
         }
         fn note(map: &mut HashMap<String, (LinkId, Instant)>, key: &str, link: LinkId, now: Instant) {

@@ -138,6 +138,9 @@ pub fn stamp_flow_tag(ev: &mut CotEvent, node_id: &str, now: CotTime) {
 pub struct Message {
     pub event: CotEvent,
     pub origin: LinkId,
+    /// Came in over a federation link (not sent to other federates unless their policy
+    /// says `relay_federates`).
+    pub from_federate: bool,
     pub received: Instant,
     pub facts: Facts,
     encoded: [OnceLock<Bytes>; 3],
@@ -146,7 +149,7 @@ pub struct Message {
 impl Message {
     pub fn new(event: CotEvent, origin: LinkId) -> Message {
         let facts = Facts::of(&event);
-        Message { event, origin, received: Instant::now(), facts, encoded: Default::default() }
+        Message { event, origin, from_federate: false, received: Instant::now(), facts, encoded: Default::default() }
     }
 
     /// The event in `format`, encoded on first use and shared afterwards.

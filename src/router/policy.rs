@@ -27,6 +27,9 @@ pub struct PeerPolicy {
     pub rate_limit: Option<RateLimitConfig>,
     rate_types: PatternList,
     pub upstream: bool,
+    /// This peer is a federate.
+    pub federate: bool,
+    pub relay_federates: bool,
     /// No filter beyond sync_cot/sync_missions/direction: the fast path.
     plain: bool,
 }
@@ -50,6 +53,8 @@ impl PeerPolicy {
             rate_limit: c.rate_limit.clone(),
             rate_types: PatternList::new(c.rate_limit.as_ref().map(|r| r.types.as_slice()).unwrap_or(&[]))?,
             upstream: c.upstream.unwrap_or(upstream_default),
+            federate: false,
+            relay_federates: c.relay_federates,
             plain: false,
         };
         p.plain = p.mission_filter.is_none()
@@ -89,6 +94,9 @@ impl PeerPolicy {
     /// May `m` be delivered to this peer? (everything but the rate limit)
     pub fn allows_out(&self, m: &Message) -> bool {
         if !self.receives_output() {
+            return false;
+        }
+        if m.from_federate && self.federate && !self.relay_federates {
             return false;
         }
         let f = &m.facts;

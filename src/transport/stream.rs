@@ -77,14 +77,20 @@ pub(crate) fn log_bad_input(counter: u64, link: &str, remote: &str, what: &dyn s
 
 /// Stamps our flow tag and routes an event that arrived on `origin`; returns false when it
 /// is a loop (it already carries our tag) or not allowed in.
-pub(crate) async fn ingest(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, mut ev: CotEvent, wait: bool) -> bool {
+pub(crate) async fn ingest(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, ev: CotEvent, wait: bool) -> bool {
+    ingest_from(router, policy, counters, origin, ev, wait, false).await
+}
+
+/// [`ingest`], marking the message as come from a federate when `from_federate`.
+pub(crate) async fn ingest_from(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, mut ev: CotEvent, wait: bool, from_federate: bool) -> bool {
     LinkCounters::inc(&counters.events_in);
     if has_flow_tag(&ev, &router.node_id) {
         LinkCounters::inc(&counters.loops);
         return false;
     }
     stamp_flow_tag(&mut ev, &router.node_id, CotTime::now());
-    let m = Message::new(ev, origin);
+    let mut m = Message::new(ev, origin);
+    m.from_federate = from_federate;
     if !policy.allows_in(&m) {
         LinkCounters::inc(&counters.filtered);
         return false;

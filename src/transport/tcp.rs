@@ -14,8 +14,22 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::stream::{run_session, StreamSettings};
-use crate::router::RouterHandle;
+use crate::router::{LinkCounters, PeerIdentity};
+
+/// A connected byte stream (plain TCP or TLS).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// What runs on each connection once it is up (and, for TLS, authenticated): the stream,
+/// the remote address, the peer's certificate identity, and the cancel token.
+pub type SessionFn = Arc<dyn Fn(Box<dyn Io>, String, Option<PeerIdentity>, CancellationToken) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Who is listening or connecting, for logs and counters.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub link: String,
+    pub counters: Arc<LinkCounters>,
+}
 
 /// How a connected stream is secured.
 #[derive(Clone)]
@@ -31,7 +45,7 @@ fn tune(s: &TcpStream) {
 }
 
 /// Accepts connections until `cancel`.
-pub async fn listen(listener: TcpListener, sec: Security, settings: Arc<StreamSettings>, router: RouterHandle, cancel: CancellationToken, tracker: TaskTracker) {
+pub async fn listen(listener: TcpListener, sec: Security, settings: Endpoint, session: SessionFn, cancel: CancellationToken, tracker: TaskTracker) {
     loop {
         let (tcp, addr) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -45,10 +59,10 @@ pub async fn listen(listener: TcpListener, sec: Security, settings: Arc<StreamSe
             },
         };
         tune(&tcp);
-        let (sec, settings, router, cancel) = (sec.clone(), settings.clone(), router.clone(), cancel.clone());
+        let (sec, settings, session, cancel) = (sec.clone(), settings.clone(), session.clone(), cancel.clone());
         tracker.spawn(async move {
             match sec {
-                Security::Plain => run_session(tcp, addr.to_string(), None, settings, router, cancel).await,
+                Security::Plain => session(Box::new(tcp), addr.to_string(), None, cancel).await,
                 Security::Tls { acceptor: Some(acceptor), handshake_timeout, .. } => {
                     let hs = tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -58,7 +72,7 @@ pub async fn listen(listener: TcpListener, sec: Security, settings: Arc<StreamSe
                         Ok(Ok(tls)) => {
                             let id = super::tls::identity(tls.get_ref().1.peer_certificates());
                             tracing::debug!(link = %settings.link, remote = %addr, identity = ?id, "TLS handshake done");
-                            run_session(tls, addr.to_string(), id, settings, router, cancel).await
+                            session(Box::new(tls), addr.to_string(), id, cancel).await
                         }
                         Ok(Err(e)) => {
                             let n = settings.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -94,7 +108,7 @@ impl Backoff {
 }
 
 /// Connects to `address` and keeps reconnecting until `cancel`.
-pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, settings: Arc<StreamSettings>, router: RouterHandle, cancel: CancellationToken) {
+pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, settings: Endpoint, session: SessionFn, cancel: CancellationToken) {
     let mut attempt = 0u32;
     loop {
         if cancel.is_cancelled() {
@@ -110,7 +124,7 @@ pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, sett
                 tune(&tcp);
                 let remote = tcp.peer_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_else(|_| address.clone());
                 match &sec {
-                    Security::Plain => run_session(tcp, remote, None, settings.clone(), router.clone(), cancel.clone()).await,
+                    Security::Plain => session(Box::new(tcp), remote, None, cancel.clone()).await,
                     Security::Tls { connector: Some(c), server_name, handshake_timeout, .. } => {
                         let name = match rustls::pki_types::ServerName::try_from(server_name.clone()) {
                             Ok(n) => n,
@@ -122,7 +136,7 @@ pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, sett
                         match tokio::time::timeout(*handshake_timeout, c.connect(name, tcp)).await {
                             Ok(Ok(tls)) => {
                                 let id = super::tls::identity(tls.get_ref().1.peer_certificates());
-                                run_session(tls, remote, id, settings.clone(), router.clone(), cancel.clone()).await
+                                session(Box::new(tls), remote, id, cancel.clone()).await
                             }
                             Ok(Err(e)) => tracing::warn!(link = %settings.link, %address, "TLS handshake failed: {e}"),
                             Err(_) => tracing::warn!(link = %settings.link, %address, "TLS handshake timed out"),

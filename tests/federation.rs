@@ -1,0 +1,104 @@
+//! Federation v1 between takgate nodes over mutual TLS: contact snapshot and latest SA on
+//! connect, live CoT both ways, direct messages to federated contacts, no federate-to-
+//! federate relay, and the fingerprint allow-list.
+
+mod common;
+
+use std::time::Duration;
+
+use common::certs::Pki;
+use common::{gateway, pli, seq_of, Client};
+use takgate::cot::{CotEvent, CotTime};
+
+fn fed_listen(id: &str, pki: &Pki, extra: &str) -> String {
+    format!(
+        "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"fed\"\ntransport = \"federation-v1\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+        pki.path(&pki.ca),
+        pki.path(&pki.server_cert),
+        pki.path(&pki.server_key)
+    )
+}
+
+fn fed_connect(id: &str, pki: &mut Pki, to: std::net::SocketAddr) -> String {
+    let (c, k) = pki.leaf(id, false);
+    format!(
+        "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"fed\"\ntransport = \"federation-v1\"\nmode = \"connect\"\naddress = \"{to}\"\nserver_name = \"localhost\"\nreconnect_min_secs = 0.2\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.path(&pki.ca),
+        c.display(),
+        k.display()
+    )
+}
+
+async fn wait_federates(gw: &takgate::runtime::Gateway, n: usize) {
+    for _ in 0..150 {
+        if gw.router().stats().await.iter().filter(|s| s.transport == "federation-v1").count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    panic!("federates did not connect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_federate_over_v1() {
+    let mut pki = Pki::new("fedv1");
+    let a = gateway(&fed_listen("node-a", &pki, "")).await;
+    let fed_addr = a.local_addr("fed").unwrap();
+    // A client is on A before B federates: B must get its latest SA in the snapshot.
+    let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
+    let mut alpha2 = Client::tcp(a.local_addr("c").unwrap()).await;
+    alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 1)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = gateway(&fed_connect("node-b", &mut pki, fed_addr)).await;
+    let mut bravo = Client::tcp(b.local_addr("c").unwrap()).await;
+    wait_federates(&a, 1).await;
+    let got = bravo.drain(Duration::from_millis(800)).await;
+    assert_eq!(got.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect::<Vec<_>>(), [1], "snapshot on connect: {got:?}");
+    let ev = got.iter().find(|e| e.uid == "ANDROID-ALPHA").unwrap();
+    assert_eq!(ev.detail.contact.as_ref().unwrap().callsign, "ALPHA");
+    // Live CoT both ways.
+    bravo.send(&pli("ANDROID-BRAVO", "BRAVO", 2)).await;
+    alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 3)).await;
+    let on_a: Vec<_> = alpha.drain(Duration::from_millis(600)).await.iter().filter(|e| e.uid == "ANDROID-BRAVO").filter_map(seq_of).collect();
+    assert_eq!(on_a, [2]);
+    let on_b: Vec<_> = bravo.drain(Duration::from_millis(600)).await.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect();
+    assert_eq!(on_b, [3]);
+    alpha2.drain(Duration::from_millis(200)).await;
+    // A direct message from B to ALPHA reaches ALPHA only (contact learned over federation).
+    let mut chat = CotEvent::new("GeoChat.ANDROID-BRAVO.ALPHA.1", "b-t-f", "h-g-i-g-o", CotTime::now(), 60);
+    chat.detail.xml = r#"<remarks>seq=9</remarks><marti><dest callsign="ALPHA"/></marti>"#.into();
+    bravo.send(&chat).await;
+    let to_alpha: Vec<_> = alpha.drain(Duration::from_millis(600)).await.iter().filter_map(seq_of).collect();
+    let to_alpha2: Vec<_> = alpha2.drain(Duration::from_millis(300)).await.iter().filter_map(seq_of).collect();
+    assert_eq!(to_alpha, [9], "direct message delivered");
+    assert!(to_alpha2.is_empty(), "and only to its addressee: {to_alpha2:?}");
+    // A third node on A does not get what B sent (federation is pair-wise).
+    let c = gateway(&fed_connect("node-c", &mut pki, fed_addr)).await;
+    let mut charlie = Client::tcp(c.local_addr("c").unwrap()).await;
+    wait_federates(&a, 2).await;
+    charlie.drain(Duration::from_millis(500)).await;
+    bravo.send(&pli("ANDROID-BRAVO", "BRAVO", 4)).await;
+    alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 5)).await;
+    let on_c = charlie.drain(Duration::from_millis(800)).await;
+    assert!(on_c.iter().all(|e| e.uid != "ANDROID-BRAVO"), "no federate-to-federate relay: {on_c:?}");
+    assert_eq!(on_c.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect::<Vec<_>>(), [5]);
+    let st = a.counters("fed").unwrap().snapshot();
+    assert_eq!(st.frame_errors + st.decode_errors, 0, "{st:?}");
+    for gw in [c, b, a] {
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_fingerprints_federate() {
+    let mut pki = Pki::new("fedallow");
+    let a = gateway(&fed_listen("node-a", &pki, "allow_fingerprints = [\"00:11\"]")).await;
+    let b = gateway(&fed_connect("node-b", &mut pki, a.local_addr("fed").unwrap())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.router().stats().await.iter().filter(|s| s.transport == "federation-v1").count(), 0);
+    assert!(a.counters("fed").unwrap().snapshot().decode_errors >= 1, "refusals are counted");
+    b.shutdown().await;
+    a.shutdown().await;
+}
