@@ -37,6 +37,8 @@ pub struct LinkStatus {
     pub address: String,
     pub local_addr: Option<SocketAddr>,
     pub counters: Arc<LinkCounters>,
+    /// Outgoing stream and federation connections: state, last error, last connected.
+    pub connection: Option<Arc<tcp::ConnStatus>>,
 }
 
 /// A running gateway.
@@ -58,6 +60,10 @@ impl Gateway {
     /// The bound address of the named link.
     pub fn local_addr(&self, link: &str) -> Option<SocketAddr> {
         self.links.iter().find(|l| l.name == link).and_then(|l| l.local_addr)
+    }
+    /// The connection state of an outgoing link.
+    pub fn connection(&self, link: &str) -> Option<tcp::ConnState> {
+        self.links.iter().find(|l| l.name == link).and_then(|l| l.connection.as_ref()).map(|c| c.get())
     }
     pub fn counters(&self, link: &str) -> Option<Arc<LinkCounters>> {
         self.links.iter().find(|l| l.name == link).map(|l| l.counters.clone())
@@ -101,7 +107,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
     let connect = mode == Mode::Connect;
     let policy = Arc::new(PeerPolicy::new(&l.policy, connect)?);
     let queue_depth = l.queue_depth.unwrap_or(cfg.router.queue_depth);
-    let mut status = LinkStatus { name: l.name.clone(), transport: l.transport, mode, address: l.address.clone(), local_addr: None, counters: counters.clone() };
+    let mut status = LinkStatus { name: l.name.clone(), transport: l.transport, mode, address: l.address.clone(), local_addr: None, counters: counters.clone(), connection: None };
     let cancel = cancel.child_token();
     match l.transport {
         Transport::Tcp | Transport::Tls => {
@@ -133,7 +139,10 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 let sc = tls::server_config(cert, key, l.ca.as_deref(), l.require_client_cert.unwrap_or(l.ca.is_some())).map_err(|e| e.0)?;
                 Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout }
             };
-            let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone() };
+            let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone(), status: Arc::default() };
+            if connect {
+                status.connection = Some(endpoint.status.clone());
+            }
             let session: tcp::SessionFn = {
                 let router = router.clone();
                 Arc::new(move |io, remote, id, cancel| Box::pin(crate::transport::stream::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))
@@ -167,7 +176,10 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 allow: l.allow_fingerprints.clone(),
             });
             let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
-            let endpoint = tcp::Endpoint { link: l.name.clone(), counters };
+            let endpoint = tcp::Endpoint { link: l.name.clone(), counters, status: Arc::default() };
+            if connect {
+                status.connection = Some(endpoint.status.clone());
+            }
             let session: tcp::SessionFn = {
                 let router = router.clone();
                 Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::link::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))

@@ -86,6 +86,8 @@ async fn two_nodes_federate_over_v1() {
     assert_eq!(on_c.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect::<Vec<_>>(), [5]);
     let st = a.counters("fed").unwrap().snapshot();
     assert_eq!(st.frame_errors + st.decode_errors, 0, "{st:?}");
+    let conn = b.connection("fed").unwrap();
+    assert_eq!((conn.state, conn.connects, conn.last_error.is_none()), ("connected", 1, true));
     for gw in [c, b, a] {
         gw.shutdown().await;
     }

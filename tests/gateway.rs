@@ -298,9 +298,22 @@ async fn outgoing_connection_negotiates_and_reconnects() {
     assert_eq!(up.decode_errors + up.frame_errors, 0);
     assert_eq!(up.negotiated_proto, 1, "B asked for TAK protocol v1 when A offered it");
     assert_eq!(a.counters("in").unwrap().snapshot().negotiated_proto, 1);
+    let st = b.connection("up").unwrap();
+    assert_eq!((st.state, st.connects), ("connected", 1));
+    assert!(st.last_connected.is_some());
     // A goes away and comes back on the same port: B reconnects by itself.
     a.shutdown().await;
     drop(on_a);
+    let mut seen_error = None;
+    for _ in 0..100 {
+        let st = b.connection("up").unwrap();
+        if st.last_error.is_some() {
+            seen_error = st.last_error;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_error.is_some_and(|e| e.contains("connect failed")), "the last error is kept while A is down");
     let a2 = gateway(&tcp_link("in", "").replace("127.0.0.1:0", &a_addr.to_string())).await;
     let mut on_a2 = Client::tcp(a_addr).await;
     let mut peers = 0;
@@ -316,6 +329,8 @@ async fn outgoing_connection_negotiates_and_reconnects() {
     on_b.send(&pli("FROM-B-AGAIN", "B", 3)).await;
     assert_eq!(on_a2.recv(Duration::from_secs(2)).await.map(|e| e.uid).as_deref(), Some("FROM-B-AGAIN"));
     assert_eq!(b.counters("up").unwrap().snapshot().negotiated_proto, 2);
+    let st = b.connection("up").unwrap();
+    assert_eq!((st.state, st.connects), ("connected", 2));
     b.shutdown().await;
     a2.shutdown().await;
 }

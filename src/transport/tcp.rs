@@ -24,11 +24,48 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> I
 /// the remote address, the peer's certificate identity, and the cancel token.
 pub type SessionFn = Arc<dyn Fn(Box<dyn Io>, String, Option<PeerIdentity>, CancellationToken) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
-/// Who is listening or connecting, for logs and counters.
+/// Who is listening or connecting, for logs, counters and connection status.
 #[derive(Clone)]
 pub struct Endpoint {
     pub link: String,
     pub counters: Arc<LinkCounters>,
+    pub status: Arc<ConnStatus>,
+}
+
+/// The state of an outgoing connection, for operators (and the admin API).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnState {
+    /// `connecting`, `connected`, `waiting` (to reconnect), `error` or `stopped`.
+    pub state: &'static str,
+    pub last_error: Option<String>,
+    /// When the current or last connection came up.
+    pub last_connected: Option<crate::cot::CotTime>,
+    pub connects: u64,
+}
+
+#[derive(Debug)]
+pub struct ConnStatus(std::sync::Mutex<ConnState>);
+
+impl Default for ConnStatus {
+    fn default() -> Self {
+        ConnStatus(std::sync::Mutex::new(ConnState { state: "stopped", last_error: None, last_connected: None, connects: 0 }))
+    }
+}
+
+impl ConnStatus {
+    pub fn get(&self) -> ConnState {
+        self.0.lock().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+    fn set(&self, f: impl FnOnce(&mut ConnState)) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+    }
+    fn error(&self, e: String) {
+        self.set(|s| {
+            s.state = "error";
+            s.last_error = Some(e);
+        });
+    }
 }
 
 /// How a connected stream is secured.
@@ -115,6 +152,7 @@ pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, sett
             break;
         }
         let started = Instant::now();
+        settings.status.set(|s| s.state = "connecting");
         let conn = tokio::select! {
             _ = cancel.cancelled() => break,
             r = tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(&address)) => r,
@@ -123,8 +161,19 @@ pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, sett
             Ok(Ok(tcp)) => {
                 tune(&tcp);
                 let remote = tcp.peer_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_else(|_| address.clone());
+                let up = |st: &ConnStatus| {
+                    st.set(|s| {
+                        s.state = "connected";
+                        s.last_connected = Some(crate::cot::CotTime::now());
+                        s.connects += 1;
+                    })
+                };
                 match &sec {
-                    Security::Plain => session(Box::new(tcp), remote, None, cancel.clone()).await,
+                    Security::Plain => {
+                        up(&settings.status);
+                        session(Box::new(tcp), remote, None, cancel.clone()).await;
+                        settings.status.set(|s| s.state = "waiting");
+                    }
                     Security::Tls { connector: Some(c), server_name, handshake_timeout, .. } => {
                         let name = match rustls::pki_types::ServerName::try_from(server_name.clone()) {
                             Ok(n) => n,
@@ -136,17 +185,31 @@ pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, sett
                         match tokio::time::timeout(*handshake_timeout, c.connect(name, tcp)).await {
                             Ok(Ok(tls)) => {
                                 let id = super::tls::identity(tls.get_ref().1.peer_certificates());
-                                session(Box::new(tls), remote, id, cancel.clone()).await
+                                up(&settings.status);
+                                session(Box::new(tls), remote, id, cancel.clone()).await;
+                                settings.status.set(|s| s.state = "waiting");
                             }
-                            Ok(Err(e)) => tracing::warn!(link = %settings.link, %address, "TLS handshake failed: {e}"),
-                            Err(_) => tracing::warn!(link = %settings.link, %address, "TLS handshake timed out"),
+                            Ok(Err(e)) => {
+                                tracing::warn!(link = %settings.link, %address, "TLS handshake failed: {e}");
+                                settings.status.error(format!("TLS handshake failed: {e}"));
+                            }
+                            Err(_) => {
+                                tracing::warn!(link = %settings.link, %address, "TLS handshake timed out");
+                                settings.status.error("TLS handshake timed out".into());
+                            }
                         }
                     }
                     Security::Tls { connector: None, .. } => break,
                 }
             }
-            Ok(Err(e)) => tracing::warn!(link = %settings.link, %address, "connect failed: {e}"),
-            Err(_) => tracing::warn!(link = %settings.link, %address, "connect timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(link = %settings.link, %address, "connect failed: {e}");
+                settings.status.error(format!("connect failed: {e}"));
+            }
+            Err(_) => {
+                tracing::warn!(link = %settings.link, %address, "connect timed out");
+                settings.status.error("connect timed out".into());
+            }
         }
         if started.elapsed() >= backoff.healthy {
             attempt = 0;
@@ -159,6 +222,7 @@ pub async fn connect_loop(address: String, sec: Security, backoff: Backoff, sett
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    settings.status.set(|s| s.state = "stopped");
 }
 
 #[cfg(test)]
