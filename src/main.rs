@@ -35,6 +35,11 @@ enum Cmd {
         #[command(subcommand)]
         scenario: BenchCmd,
     },
+    /// Federation tools.
+    Federation {
+        #[command(subcommand)]
+        cmd: FederationCmd,
+    },
     /// Tools for CoT captures.
     Cot {
         #[command(subcommand)]
@@ -56,6 +61,29 @@ enum BenchCmd {
     Relay {
         #[arg(long, default_value = "127.0.0.1:18999")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCmd {
+    /// Staged connection test of a federation v1 peer: TCP, TLS, identity, first frame.
+    Test {
+        /// HOST:PORT of the peer (TAK Server's v1 port is 9000).
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Seconds to wait for the peer's first frame.
+        #[arg(long, default_value_t = 3)]
+        listen: u64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -188,6 +216,29 @@ fn main() -> ExitCode {
                     eprintln!("takgate bench: {e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Cmd::Federation { cmd: FederationCmd::Test { address, ca, cert, key, server_name, listen, json } } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("takgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let target = takgate::federation::probe::ProbeTarget { address, ca, cert, key, server_name, listen: std::time::Duration::from_secs(listen) };
+            let stages = rt.block_on(takgate::federation::probe::probe(&target));
+            if json {
+                println!("{}", serde_json::to_string(&stages).unwrap_or_default());
+            } else {
+                for s in &stages {
+                    println!("{:<16} {:<4} {:>6} ms  {}", s.name, if s.ok { "ok" } else { "FAIL" }, s.ms, s.detail);
+                }
+            }
+            if stages.iter().all(|s| s.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Cmd::Config { cmd: ConfigCmd::Default } => {

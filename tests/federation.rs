@@ -104,3 +104,25 @@ async fn only_allowed_fingerprints_federate() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_connection_test_reports_each_stage() {
+    use takgate::federation::probe::{probe, ProbeTarget};
+    let mut pki = Pki::new("fedprobe");
+    let a = gateway(&fed_listen("node-a", &pki, "")).await;
+    let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
+    alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 1)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (cert, key) = pki.leaf("prober", false);
+    let t = ProbeTarget { address: a.local_addr("fed").unwrap().to_string(), ca: pki.ca.clone(), cert, key, server_name: Some("localhost".into()), listen: Duration::from_secs(2) };
+    let stages = probe(&t).await;
+    let names: Vec<_> = stages.iter().map(|s| (s.name, s.ok)).collect();
+    assert_eq!(names, [("certificates", true), ("resolve", true), ("tcp connect", true), ("tls handshake", true), ("peer identity", true), ("v1 first frame", true)], "{stages:?}");
+    assert!(stages[4].detail.contains("CN localhost") && stages[4].detail.contains("chain 2"), "{}", stages[4].detail);
+    assert!(stages[5].detail.contains("received a contact"), "{}", stages[5].detail);
+    // Nobody listening: the test stops at the TCP stage with the reason.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let stages = probe(&ProbeTarget { address: closed.to_string(), ..t }).await;
+    assert_eq!(stages.last().map(|s| (s.name, s.ok)), Some(("tcp connect", false)));
+    a.shutdown().await;
+}

@@ -4,4 +4,5 @@
 pub mod convert;
 pub mod fig;
 pub mod link;
+pub mod probe;
 pub mod v1;
