@@ -60,8 +60,9 @@ pub fn encode_proto_frame(ev: &CotEvent, out: &mut Vec<u8>) {
 enum State {
     /// Looking for the start of the next frame.
     Ready,
-    /// Skipping an oversized XML event up to and including its `</event>`.
-    Discarding,
+    /// Skipping an oversized XML document up to and including its end (`</event>`,
+    /// `</auth>` or `-->`).
+    Discarding(&'static [u8]),
 }
 
 /// The incremental stream decoder.
@@ -112,15 +113,15 @@ impl StreamDecoder {
     /// input is needed.
     pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
         loop {
-            if let State::Discarding = self.state {
-                match memmem::find(&self.buf[self.scan_from..], END_EVENT) {
+            if let State::Discarding(end) = self.state {
+                match memmem::find(&self.buf[self.scan_from..], end) {
                     Some(i) => {
-                        let n = self.scan_from + i + END_EVENT.len();
+                        let n = self.scan_from + i + end.len();
                         self.advance(n);
                         self.state = State::Ready;
                     }
                     None => {
-                        let keep = END_EVENT.len() - 1;
+                        let keep = end.len() - 1;
                         if self.buf.len() > keep {
                             let n = self.buf.len() - keep;
                             self.advance(n);
@@ -162,7 +163,7 @@ impl StreamDecoder {
                                 self.advance(i + 3);
                                 continue;
                             }
-                            None => return self.need_more_or_oversize(),
+                            None => return self.need_more_or_oversize(b"-->"),
                         }
                     }
                     let end_tag = if self.buf.starts_with(b"<auth") { END_AUTH } else { END_EVENT };
@@ -182,7 +183,7 @@ impl StreamDecoder {
                                 }
                             }
                             self.scan_from = self.buf.len().saturating_sub(end_tag.len() - 1);
-                            return self.need_more_or_oversize();
+                            return self.need_more_or_oversize(if end_tag == END_AUTH { END_AUTH } else { END_EVENT });
                         }
                     }
                 }
@@ -191,17 +192,17 @@ impl StreamDecoder {
         }
     }
 
-    fn need_more_or_oversize(&mut self) -> Option<Result<Frame, FrameError>> {
+    fn need_more_or_oversize(&mut self, end: &'static [u8]) -> Option<Result<Frame, FrameError>> {
         if self.buf.len() <= self.max {
             return None;
         }
         let err = FrameError::Oversized { offset: self.offset, len: self.buf.len(), max: self.max };
-        // Keep the tail: `</event>` may be cut across this read and the next.
+        // Keep the tail: the end tag may be cut across this read and the next.
         self.scan_from = 0;
-        let keep = END_EVENT.len() - 1;
+        let keep = end.len() - 1;
         let n = self.buf.len() - keep;
         self.advance(n);
-        self.state = State::Discarding;
+        self.state = State::Discarding(end);
         Some(Err(err))
     }
 
@@ -276,6 +277,16 @@ mod tests {
         d.push(b"</eve");
         assert!(d.next_frame().is_none());
         d.push(b"nt><event>ok</event>");
+        assert_eq!(frames(&mut d), vec![Ok(Frame::Xml(Bytes::from_static(b"<event>ok</event>")))]);
+    }
+
+    #[test]
+    fn an_oversized_comment_does_not_swallow_the_next_event() {
+        let mut d = StreamDecoder::new(100);
+        d.push(b"<!--");
+        d.push(&[b'c'; 300]);
+        assert!(matches!(d.next_frame(), Some(Err(FrameError::Oversized { .. }))));
+        d.push(b"--><event>ok</event>");
         assert_eq!(frames(&mut d), vec![Ok(Frame::Xml(Bytes::from_static(b"<event>ok</event>")))]);
     }
 

@@ -86,12 +86,13 @@ pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerI
     let id = router.next_id();
     let (tx, rx) = mpsc::channel(s.queue_depth);
     let session = cancel.child_token();
+    // The snapshot is taken before attaching, so nothing in it is also queued live.
+    let snapshot: Vec<Arc<Message>> = router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
     router
         .attach(PeerInfo { id, link: s.link.clone(), transport: "federation-v1", remote: remote.clone(), identity: Some(identity.clone()), policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.clone() })
         .await;
     tracing::info!(link = %s.link, %remote, federate = %identity.cn, fingerprint = %identity.fingerprint, "federate connected");
     let (mut rd, wr) = tokio::io::split(io);
-    let snapshot = router.snapshot().await;
     let writer = tokio::spawn(write_loop(wr, rx, snapshot, s.clone(), session.clone()));
     let mut dec = Decoder::new(s.max_frame);
     let mut last_rx = Instant::now();
@@ -142,9 +143,12 @@ async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Re
     }
     loop {
         if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-                session.cancel();
-                return;
+            let r = tokio::select! {
+                r = async { wr.write_all(&buf).await?; wr.flush().await } => r,
+                _ = session.cancelled() => break,
+            };
+            if r.is_err() {
+                break;
             }
             s.counters.bytes_out.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
             s.counters.events_out.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -163,7 +167,8 @@ async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Re
             }
         }
     }
-    let _ = wr.shutdown().await;
+    session.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), wr.shutdown()).await;
 }
 
 async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHandle) {
@@ -181,6 +186,7 @@ async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHa
         match Crud::try_from(c.operation) {
             Ok(Crud::Create | Crud::Update) => router.learn_contact(c.uid, c.callsign, id).await,
             Ok(Crud::Delete) => {
+                router.forget_contact(c.uid.clone(), id).await;
                 // A departed remote client: tell local clients to remove it.
                 let mut ev = CotEvent::new(format!("{}-delete", c.uid), "t-x-d-d", "h-g-i-g-o", CotTime::now(), 20);
                 let mut d = Vec::new();

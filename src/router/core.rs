@@ -29,6 +29,15 @@ const CONTACT_SWEEP: Duration = Duration::from_secs(30);
 /// At most this many contacts are remembered per table.
 const MAX_CONTACTS: usize = 100_000;
 
+/// Records where a contact lives (bounded by MAX_CONTACTS).
+fn note_contact(map: &mut HashMap<String, (LinkId, Instant)>, key: &str, link: LinkId, now: Instant) {
+    if let Some(e) = map.get_mut(key) {
+        *e = (link, now);
+    } else if map.len() < MAX_CONTACTS {
+        map.insert(key.to_owned(), (link, now));
+    }
+}
+
 /// Counters of one link or peer. Shared with the link task; read for stats and metrics.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
@@ -167,6 +176,8 @@ enum Cmd {
     Snapshot(oneshot::Sender<Vec<Arc<Message>>>),
     /// A contact announced by a peer (federation contact CREATE).
     Contact { uid: String, callsign: String, link: LinkId },
+    /// A contact that left (federation contact DELETE).
+    Forget { uid: String, link: LinkId },
 }
 
 /// A cheap, cloneable handle to the router actor.
@@ -208,6 +219,10 @@ impl RouterHandle {
     /// Registers where a contact lives, as announced by a peer.
     pub async fn learn_contact(&self, uid: String, callsign: String, link: LinkId) {
         let _ = self.tx.send(Cmd::Contact { uid, callsign, link }).await;
+    }
+    /// Forgets a contact a peer said has left.
+    pub async fn forget_contact(&self, uid: String, link: LinkId) {
+        let _ = self.tx.send(Cmd::Forget { uid, link }).await;
     }
     pub async fn stats(&self) -> Vec<PeerStats> {
         let (tx, rx) = oneshot::channel();
@@ -277,9 +292,14 @@ impl Router {
                     }
                     Cmd::Contact { uid, callsign, link } => {
                         let now = Instant::now();
-                        self.by_uid.insert(uid, (link, now));
+                        note_contact(&mut self.by_uid, &uid, link, now);
                         if !callsign.is_empty() {
-                            self.by_callsign.insert(callsign, (link, now));
+                            note_contact(&mut self.by_callsign, &callsign, link, now);
+                        }
+                    }
+                    Cmd::Forget { uid, link } => {
+                        if self.by_uid.get(&uid).is_some_and(|(l, _)| *l == link) {
+                            self.by_uid.remove(&uid);
                         }
                     }
                 }
@@ -348,17 +368,24 @@ impl Router {
                 self.latest_sa.insert(m.event.uid.clone(), m.clone());
             }
         }
+        if m.event.cot_type == "t-x-d-d" {
+            if let Some(gone) = crate::cot::xml::find_attr(&m.event.detail.xml, "link", "uid") {
+                self.latest_sa.remove(&gone);
+            }
+        }
         if m.facts.is_direct() {
             let mut targets: Vec<LinkId> = Vec::new();
             let mut unknown = false;
+            // A contact learned on a link that cannot receive (a UDP listener) is unknown.
+            let attached = |id: &LinkId| self.peers.iter().any(|p| p.info.id == *id);
             for cs in &m.facts.dest_callsigns {
-                match self.by_callsign.get(cs) {
+                match self.by_callsign.get(cs).filter(|(id, _)| attached(id)) {
                     Some((id, _)) => targets.push(*id),
                     None => unknown = true,
                 }
             }
             for uid in &m.facts.dest_uids {
-                match self.by_uid.get(uid) {
+                match self.by_uid.get(uid).filter(|(id, _)| attached(id)) {
                     Some((id, _)) => targets.push(*id),
                     None => unknown = true,
                 }
@@ -386,17 +413,10 @@ impl Router {
             self.latest_sa.retain(|_, m| now.duration_since(m.received) < CONTACT_TTL);
             self.last_contact_sweep = now;
         }
-        fn note(map: &mut HashMap<String, (LinkId, Instant)>, key: &str, link: LinkId, now: Instant) {
-            if let Some(e) = map.get_mut(key) {
-                *e = (link, now);
-            } else if map.len() < MAX_CONTACTS {
-                map.insert(key.to_owned(), (link, now));
-            }
-        }
         if let Some(cs) = &m.facts.callsign {
-            note(&mut self.by_callsign, cs, m.origin, now);
+            note_contact(&mut self.by_callsign, cs, m.origin, now);
         }
-        note(&mut self.by_uid, &m.event.uid, m.origin, now);
+        note_contact(&mut self.by_uid, &m.event.uid, m.origin, now);
     }
 
     fn deliver(&mut self, i: usize, m: &Arc<Message>, now: Instant) {

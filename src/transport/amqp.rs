@@ -234,6 +234,7 @@ async fn pump(
     // Deliveries are acknowledged in bulk (`multiple`): every ACK_EVERY, or when idle.
     let mut unacked: Option<lapin::message::Delivery> = None;
     let mut unacked_n = 0usize;
+    let mut ack_by: Option<tokio::time::Instant> = None;
     loop {
         while inflight.len() < WINDOW && !pending.is_empty() {
             publish_next(s, publish, pending, inflight).await?;
@@ -252,7 +253,13 @@ async fn pump(
                         publish_next(s, publish, pending, inflight).await?;
                     }
                     while let Some((c, m)) = inflight.pop_front() {
-                        confirmed(s, c.await.map_err(|e| err("confirm", e))?, m)?;
+                        let r = c.await.map_err(|e| err("confirm", e)).and_then(|c| confirmed(s, c, m.is_some()));
+                        if let Err(e) = r {
+                            if let Some(m) = m {
+                                pending.push_front(m);
+                            }
+                            return Err(e);
+                        }
                     }
                     Ok::<(), String>(())
                 }).await;
@@ -260,22 +267,30 @@ async fn pump(
             }
             c = async { inflight.front_mut().map(|(c, _)| c).expect("guarded").await }, if !inflight.is_empty() => {
                 let (_, m) = inflight.pop_front().expect("non-empty");
-                confirmed(s, c.map_err(|e| err("confirm", e))?, m)?;
+                let r = c.map_err(|e| err("confirm", e)).and_then(|c| confirmed(s, c, m.is_some()));
+                if let Err(e) = r {
+                    // Not confirmed: it goes out again after the reconnect.
+                    if let Some(m) = m {
+                        pending.push_front(m);
+                    }
+                    return Err(e);
+                }
             }
             m = rx.recv(), if pending.len() < s.buffer => {
                 let Some(m) = m else { return Ok(()) };
                 buffer(s, pending, m);
-                while pending.len() < 1024 {
+                while pending.len() < s.buffer.min(1024) {
                     match rx.try_recv() {
                         Ok(m) => buffer(s, pending, m),
                         Err(_) => break,
                     }
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)), if unacked.is_some() => {
+            _ = tokio::time::sleep_until(ack_by.unwrap_or_else(tokio::time::Instant::now)), if unacked.is_some() => {
                 if let Some(d) = unacked.take() {
                     d.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
                     unacked_n = 0;
+                    ack_by = None;
                 }
             }
             d = consumer.next() => match d {
@@ -286,7 +301,10 @@ async fn pump(
                         delivery.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
                         unacked = None;
                         unacked_n = 0;
+                        ack_by = None;
                     } else {
+                        // Acknowledged at the latest 50 ms after the first unacknowledged one.
+                        ack_by.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(50));
                         unacked = Some(delivery);
                     }
                 }
@@ -300,11 +318,11 @@ async fn pump(
 /// Deliveries acknowledged together (after they were routed).
 const ACK_EVERY: usize = 64;
 
-fn confirmed(s: &AmqpSettings, c: Confirmation, m: Option<Arc<Message>>) -> Result<(), String> {
+fn confirmed(s: &AmqpSettings, c: Confirmation, last_of_event: bool) -> Result<(), String> {
     match c {
         Confirmation::Nack(_) => Err("the broker refused an event (nack)".into()),
         Confirmation::Ack(_) | Confirmation::NotRequested => {
-            if m.is_some() {
+            if last_of_event {
                 s.counters.events_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Ok(())

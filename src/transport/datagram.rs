@@ -98,11 +98,16 @@ fn resolve_interface(spec: &str, all: &[(String, u32, Vec<IpAddr>)]) -> Result<(
     Ok((idx, v4))
 }
 
-fn reusable(addr: &SocketAddr) -> Result<Socket, std::io::Error> {
+/// A UDP socket with SO_REUSEADDR, and SO_REUSEPORT when `share_port` (multicast: every
+/// member gets a copy). On a unicast port SO_REUSEPORT would make Linux split the datagrams
+/// between the sockets instead, so it is not set there.
+fn reusable(addr: &SocketAddr, share_port: bool) -> Result<Socket, std::io::Error> {
     let s = Socket::new(Domain::for_address(*addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     #[cfg(unix)]
-    s.set_reuse_port(true)?;
+    if share_port {
+        s.set_reuse_port(true)?;
+    }
     s.set_nonblocking(true)?;
     Ok(s)
 }
@@ -126,9 +131,9 @@ fn big_recv_buffer(s: &Socket) {
     let _ = s.set_recv_buffer_size(RECV_BUFFER);
 }
 
-/// A UDP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT.
+/// A unicast UDP socket bound to `addr` (SO_REUSEADDR).
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
-    let s = reusable(&addr).map_err(|e| NetError(format!("socket: {e}")))?;
+    let s = reusable(&addr, false).map_err(|e| NetError(format!("socket: {e}")))?;
     big_recv_buffer(&s);
     s.bind(&SockAddr::from(addr)).map_err(|e| NetError(format!("cannot bind {addr}: {e}")))?;
     UdpSocket::from_std(s.into()).map_err(|e| NetError(e.to_string()))
@@ -149,7 +154,7 @@ pub fn multicast_sockets(o: &MulticastOptions) -> Result<(UdpSocket, UdpSocket, 
     let all = interfaces();
     let local: HashSet<IpAddr> = all.iter().flat_map(|i| i.2.iter().copied()).collect();
     let err = |what: &str, e: std::io::Error| NetError(format!("multicast {}: {what}: {e}", o.group));
-    let rx = reusable(&o.group).map_err(|e| err("socket", e))?;
+    let rx = reusable(&o.group, true).map_err(|e| err("socket", e))?;
     big_recv_buffer(&rx);
     // Binding to the group address (Linux) receives only this group's traffic on the port;
     // where that is refused, the unspecified address with the group's port.

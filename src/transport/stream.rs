@@ -147,7 +147,16 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
     let mut dec = StreamDecoder::new(s.max_event);
     let mut last_rx = Instant::now();
     let mut next_ping = last_rx + PING_AFTER;
+    // As client: a request is outstanding / negotiation is over (either way) for good.
     let mut requested = false;
+    let mut negotiated = false;
+    // Control messages to the writer must not block the reader past the session's end.
+    let send_ctrl = |c: Ctrl| async move {
+        tokio::select! {
+            _ = session.cancelled() => {}
+            _ = ctrl.send(c) => {}
+        }
+    };
     loop {
         let idle_at = last_rx + s.idle_timeout;
         let wake = if s.role == Role::Client { idle_at.min(next_ping) } else { idle_at };
@@ -202,9 +211,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
                     let _ = ctrl.try_send(Ctrl::Send(control::pong(CotTime::now())));
                 }
                 Some(Control::Offer(versions)) => {
-                    if s.role == Role::Client && s.negotiate && !s.protobuf_only && !requested && versions.contains(&1) {
+                    if s.role == Role::Client && s.negotiate && !s.protobuf_only && !requested && !negotiated && versions.contains(&1) {
                         requested = true;
-                        let _ = ctrl.send(Ctrl::SendThenPause(control::request(&ev.uid, CotTime::now(), 1))).await;
+                        send_ctrl(Ctrl::SendThenPause(control::request(&ev.uid, CotTime::now(), 1))).await;
                     }
                 }
                 Some(Control::Request(v)) => {
@@ -215,17 +224,18 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
                         }
                         let resp = control::response(&ev.uid, CotTime::now(), ok);
                         let c = if ok { Ctrl::SendThenSwitch(resp, WireFormat::ProtoStream) } else { Ctrl::Send(resp) };
-                        let _ = ctrl.send(c).await;
+                        send_ctrl(c).await;
                         tracing::info!(link = %s.link, remote, version = v, accepted = ok, "protocol negotiation");
                     }
                 }
                 Some(Control::Response(ok)) => {
                     if requested {
                         requested = false;
+                        negotiated = true;
                         if ok {
                             LinkCounters::inc(&s.counters.negotiated_proto);
                         }
-                        let _ = ctrl.send(Ctrl::Resume(ok.then_some(WireFormat::ProtoStream))).await;
+                        send_ctrl(Ctrl::Resume(ok.then_some(WireFormat::ProtoStream))).await;
                         tracing::info!(link = %s.link, remote, accepted = ok, "protocol negotiation");
                     }
                 }
@@ -241,6 +251,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, s: Arc<StreamSettings>, session: CancellationToken, shutdown: CancellationToken) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut paused_until: Option<Instant> = None;
+    // Control events that arrive while paused wait for the answer, to go out in the
+    // negotiated format (a server that said yes no longer reads XML).
+    let mut held: Vec<CotEvent> = Vec::new();
     loop {
         buf.clear();
         let mut switch_after: Option<WireFormat> = None;
@@ -252,8 +265,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc
                     break;
                 }
                 c = ctrl.recv() => match c {
-                    Some(Ctrl::Resume(f)) => { paused_until = None; if let Some(f) = f { format = f; } }
-                    Some(Ctrl::Send(ev)) => format.encode_into(&ev, &mut buf),
+                    Some(Ctrl::Resume(f)) => {
+                        paused_until = None;
+                        if let Some(f) = f {
+                            format = f;
+                        }
+                        for ev in held.drain(..) {
+                            format.encode_into(&ev, &mut buf);
+                        }
+                    }
+                    Some(Ctrl::Send(ev)) => held.push(ev),
                     Some(_) => {}
                     None => break,
                 },
@@ -291,17 +312,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc
             }
         }
         if !buf.is_empty() {
-            if let Err(e) = write_all(&mut wr, &buf, &s).await {
+            // A peer that stops reading must not hold this task forever.
+            let r = tokio::select! {
+                r = write_all(&mut wr, &buf, &s) => r,
+                _ = session.cancelled() => break,
+            };
+            if let Err(e) = r {
                 tracing::debug!(link = %s.link, "write error: {e}");
-                session.cancel();
-                return;
+                break;
             }
         }
         if let Some(f) = switch_after {
             format = f;
         }
     }
-    let _ = wr.shutdown().await;
+    // Whatever ended the writer ends the session (the reader stops too).
+    session.cancel();
+    let _ = tokio::time::timeout(s.drain_timeout, wr.shutdown()).await;
 }
 
 async fn write_all<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], s: &StreamSettings) -> std::io::Result<()> {
