@@ -249,7 +249,8 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, s: Arc<StreamSettings>, session: CancellationToken, shutdown: CancellationToken) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Grows on first use: an idle connection holds no write buffer.
+    let mut buf: Vec<u8> = Vec::new();
     let mut paused_until: Option<Instant> = None;
     // Control events that arrive while paused wait for the answer, to go out in the
     // negotiated format (a server that said yes no longer reads XML).
