@@ -239,13 +239,47 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
             if l.transport == Transport::Multicast {
                 let group: SocketAddr = l.address.parse().map_err(|e| format!("{e}"))?;
                 let o = MulticastOptions { group, interfaces: l.interfaces.clone(), ttl: l.ttl.unwrap_or(1), loopback: l.loopback.unwrap_or(true) };
-                let (rx, tx, local) = datagram::multicast_sockets(&o).map_err(|e| e.0)?;
-                let own_port = tx.local_addr().map(|a| a.port()).unwrap_or(0);
-                status.local_addr = rx.local_addr().ok();
                 let id = router.next_id();
-                tracker.spawn(datagram::receive_loop(Arc::new(rx), id, Some((own_port, local)), s.clone(), router.clone(), cancel.clone()));
-                tracker.spawn(datagram::send_loop(Arc::new(tx), group, id, s, router.clone(), cancel));
-                tracing::info!(link = %l.name, group = %l.address, interfaces = ?l.interfaces, "multicast joined");
+                let conn = Arc::new(tcp::ConnStatus::default());
+                status.connection = Some(conn.clone());
+                match datagram::multicast_sockets(&o) {
+                    Ok(socks) => {
+                        status.local_addr = socks.0.local_addr().ok();
+                        conn.set(|c| c.state = "connected");
+                        start_multicast(socks, group, id, s, router.clone(), cancel, tracker);
+                        tracing::info!(link = %l.name, group = %l.address, interfaces = ?l.interfaces, "multicast joined");
+                    }
+                    Err(e) => {
+                        // An interface may come up later (a radio, a VPN): keep serving
+                        // everything else and try again.
+                        tracing::error!(link = %l.name, group = %l.address, "cannot join multicast group: {}; retrying every 10 s", e.0);
+                        conn.set(|c| {
+                            c.state = "error";
+                            c.last_error = Some(e.0.clone());
+                        });
+                        let (router, name, tracker2) = (router.clone(), l.name.clone(), tracker.clone());
+                        tracker.spawn(async move {
+                            loop {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => return,
+                                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                                }
+                                match datagram::multicast_sockets(&o) {
+                                    Ok(socks) => {
+                                        conn.set(|c| {
+                                            c.state = "connected";
+                                            c.last_error = None;
+                                        });
+                                        tracing::info!(link = %name, group = %o.group, "multicast joined");
+                                        start_multicast(socks, group, id, s, router, cancel, &tracker2);
+                                        return;
+                                    }
+                                    Err(e) => conn.set(|c| c.last_error = Some(e.0)),
+                                }
+                            }
+                        });
+                    }
+                }
             } else if mode == Mode::Listen {
                 let addr: SocketAddr = l.address.parse().map_err(|e| format!("{e}"))?;
                 let sock = datagram::bind_udp(addr).map_err(|e| e.0)?;
@@ -263,6 +297,14 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
         }
     }
     Ok(status)
+}
+
+/// Starts the receive and send tasks of a joined multicast group.
+fn start_multicast(socks: (tokio::net::UdpSocket, tokio::net::UdpSocket, std::collections::HashSet<std::net::IpAddr>), group: SocketAddr, id: u64, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken, tracker: &TaskTracker) {
+    let (rx, tx, local) = socks;
+    let own_port = tx.local_addr().map(|a| a.port()).unwrap_or(0);
+    tracker.spawn(datagram::receive_loop(Arc::new(rx), id, Some((own_port, local)), s.clone(), router.clone(), cancel.clone()));
+    tracker.spawn(datagram::send_loop(Arc::new(tx), group, id, s, router, cancel));
 }
 
 /// Runs the gateway until `shutdown` completes, then stops it cleanly.

@@ -102,3 +102,19 @@ async fn bad_datagrams_on_a_group_are_counted_and_the_group_keeps_working() {
     assert_eq!((st.decode_errors, st.truncated), (3, 1), "{st:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_cannot_be_joined_does_not_stop_the_gateway() {
+    let cfg = "[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+               [[link]]\nname = \"radio\"\ntransport = \"multicast\"\naddress = \"239.2.3.1:6969\"\ninterfaces = [\"radio-not-up-yet\"]\n";
+    let gw = gateway(cfg).await;
+    let st = gw.connection("radio").unwrap();
+    assert_eq!(st.state, "error");
+    assert!(st.last_error.as_deref().is_some_and(|e| e.contains("no interface \"radio-not-up-yet\"")), "{st:?}");
+    let mut a = Client::tcp(gw.local_addr("c").unwrap()).await;
+    let mut b = Client::tcp(gw.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.send(&pli("A", "A", 1)).await;
+    assert_eq!(b.recv(Duration::from_secs(2)).await.and_then(|e| seq_of(&e)), Some(1), "everything else keeps working");
+    gw.shutdown().await;
+}

@@ -56,7 +56,7 @@ impl ConnStatus {
     pub fn get(&self) -> ConnState {
         self.0.lock().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
-    fn set(&self, f: impl FnOnce(&mut ConnState)) {
+    pub fn set(&self, f: impl FnOnce(&mut ConnState)) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
     }
