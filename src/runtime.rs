@@ -126,19 +126,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 counters,
                 drain_timeout: drain,
             });
-            let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
-            let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned()).unwrap_or_default();
-            let sec = if !tls_on {
-                Security::Plain
-            } else if connect {
-                let ca = l.ca.as_deref().ok_or("a tls connection needs ca (the CA that signed the server certificate)")?;
-                let cc = tls::client_config(ca, l.cert.as_deref().zip(l.key.as_deref())).map_err(|e| e.0)?;
-                Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout }
-            } else {
-                let (cert, key) = l.cert.as_deref().zip(l.key.as_deref()).ok_or("a tls listener needs cert and key")?;
-                let sc = tls::server_config(cert, key, l.ca.as_deref(), l.require_client_cert.unwrap_or(l.ca.is_some())).map_err(|e| e.0)?;
-                Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout }
-            };
+            let sec = if tls_on { tls_security(l, connect, l.require_client_cert.unwrap_or(l.ca.is_some()))? } else { Security::Plain };
             let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone(), status: Arc::default() };
             if connect {
                 status.connection = Some(endpoint.status.clone());
@@ -159,10 +147,10 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
             }
         }
         Transport::FederationV1 => {
-            let (ca, cert, key) = match (&l.ca, &l.cert, &l.key) {
-                (Some(a), Some(b), Some(c)) => (a.as_path(), b.as_path(), c.as_path()),
-                _ => return Err("federation links need ca, cert and key".into()),
-            };
+            if l.ca.is_none() || l.cert.is_none() || l.key.is_none() {
+                return Err("federation links need ca, cert and key".into());
+            }
+            let sec = tls_security(l, connect, true)?;
             let mut p = PeerPolicy::new(&l.policy, false)?;
             p.federate = true;
             let settings = Arc::new(crate::federation::link::FedSettings {
@@ -175,7 +163,6 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 max_frame: l.max_event_bytes.unwrap_or(crate::federation::v1::DEFAULT_MAX_FRAME),
                 allow: l.allow_fingerprints.clone(),
             });
-            let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
             let endpoint = tcp::Endpoint { link: l.name.clone(), counters, status: Arc::default() };
             if connect {
                 status.connection = Some(endpoint.status.clone());
@@ -185,15 +172,10 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::link::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))
             };
             if connect {
-                let cc = tls::client_config(ca, Some((cert, key))).map_err(|e| e.0)?;
-                let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
-                let sec = Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout };
                 let backoff = Backoff { min: secs(l.reconnect_min_secs, 1.0), max: secs(l.reconnect_max_secs, 60.0), healthy: Duration::from_secs(60) };
                 tracing::info!(link = %l.name, address = %l.address, "federation v1: connecting");
                 tracker.spawn(tcp::connect_loop(l.address.clone(), sec, backoff, endpoint, session, cancel));
             } else {
-                let sc = tls::server_config(cert, key, Some(ca), true).map_err(|e| e.0)?;
-                let sec = Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout };
                 let listener = TcpListener::bind(&l.address).await.map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
                 status.local_addr = listener.local_addr().ok();
                 tracing::info!(link = %l.name, address = ?status.local_addr, "federation v1: listening");
@@ -297,6 +279,23 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
         }
     }
     Ok(status)
+}
+
+/// TLS for a stream or federation link: as client, trust `ca` and present `cert`/`key` when
+/// given (server name from `server_name` or the address); as server, present `cert` with its
+/// issuing CA and verify clients against `ca` (required when `require_client_cert`).
+fn tls_security(l: &LinkConfig, connect: bool, require_client_cert: bool) -> Result<Security, String> {
+    let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
+    if connect {
+        let ca = l.ca.as_deref().ok_or("a tls connection needs ca (the CA that signed the server certificate)")?;
+        let cc = tls::client_config(ca, l.cert.as_deref().zip(l.key.as_deref())).map_err(|e| e.0)?;
+        let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
+        Ok(Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout })
+    } else {
+        let (cert, key) = l.cert.as_deref().zip(l.key.as_deref()).ok_or("a tls listener needs cert and key")?;
+        let sc = tls::server_config(cert, key, l.ca.as_deref(), require_client_cert).map_err(|e| e.0)?;
+        Ok(Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout })
+    }
 }
 
 /// Starts the receive and send tasks of a joined multicast group.

@@ -19,10 +19,9 @@ fn nonempty(s: &Option<String>) -> String {
     s.clone().unwrap_or_default()
 }
 
-/// The GeoEvent for `ev`.
-pub fn to_geo(ev: &CotEvent) -> GeoEvent {
+/// The GeoEvent for `ev`, whose routing facts (destinations) are `facts`.
+pub fn to_geo(ev: &CotEvent, facts: &Facts) -> GeoEvent {
     let d = &ev.detail;
-    let facts = Facts::of(ev);
     let verbatim = if ev.detail.xml.contains("<marti") { xml::without_element(&d.xml, "marti") } else { d.xml.clone() };
     let rest = Detail { status: None, track: None, precision_location: None, xml: String::new(), ..d.clone() };
     let other = if verbatim.is_empty() && rest.is_empty() {
@@ -50,9 +49,9 @@ pub fn to_geo(ev: &CotEvent) -> GeoEvent {
         palt: d.precision_location.as_ref().map(|p| p.altsrc.clone()).unwrap_or_default(),
         speed: d.track.map(|t| t.speed).unwrap_or(0.0),
         course: d.track.map(|t| t.course).unwrap_or(0.0),
-        ptp_uids: facts.dest_uids,
-        ptp_callsigns: facts.dest_callsigns,
-        mission_names: ev.detail.xml.contains("<marti").then(|| facts.missions).unwrap_or_default(),
+        ptp_uids: facts.dest_uids.clone(),
+        ptp_callsigns: facts.dest_callsigns.clone(),
+        mission_names: if ev.detail.xml.contains("<marti") { facts.missions.clone() } else { Vec::new() },
         access: nonempty(&ev.access),
         caveat: nonempty(&ev.caveat),
         releaseable_to: nonempty(&ev.releasable_to),
@@ -121,7 +120,7 @@ mod tests {
     #[test]
     fn pli_round_trips_and_flat_fields_are_used() {
         let ev = xml::decode(ATAK_PLI.as_bytes()).unwrap();
-        let g = to_geo(&ev);
+        let g = to_geo(&ev, &Facts::of(&ev));
         assert_eq!((g.battery, g.ploc.as_str(), g.palt.as_str()), (58, "USER", "DTED2"));
         assert_eq!(g.course, 327.66875837972367);
         assert!(g.other.starts_with("<detail>") && g.other.ends_with("</detail>"));
@@ -141,7 +140,7 @@ mod tests {
     fn destinations_travel_as_fields() {
         let mut ev = CotEvent::new("GeoChat.a.b.1", "b-t-f", "h-g-i-g-o", CotTime(1000), 60);
         ev.detail.xml = r#"<remarks>hi</remarks><marti><dest callsign="BOB"/><dest uid="ANDROID-2"/><dest mission="ops"/></marti>"#.into();
-        let g = to_geo(&ev);
+        let g = to_geo(&ev, &Facts::of(&ev));
         assert_eq!((g.ptp_callsigns.clone(), g.ptp_uids.clone(), g.mission_names.clone()), (vec!["BOB".to_string()], vec!["ANDROID-2".to_string()], vec!["ops".to_string()]));
         assert_eq!(g.other, "<detail><remarks>hi</remarks></detail>");
         let back = from_geo(g).unwrap();

@@ -63,7 +63,7 @@ fn frames_for(m: &Message, s: &FedSettings, announced: &mut HashSet<String>, out
         }
     }
     let fe = FederatedEvent {
-        event: Some(to_geo(ev)),
+        event: Some(to_geo(ev, &m.facts)),
         federate_provenance: vec![FederateProvenance { federation_server_id: s.node_id.clone(), federation_server_name: s.node_id.clone() }],
         federate_hops: Some(FederateHops { max_hops: -1, current_hops: 1 }),
         ..Default::default()
