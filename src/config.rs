@@ -78,6 +78,14 @@ pub enum Transport {
     Amqp,
     /// TAK Server federation v1 (port 9000): mutual TLS, length-prefixed FederatedEvents.
     FederationV1,
+    /// TAK Server federation v2 (port 9001): gRPC over mutual TLS (`FederatedChannel`).
+    FederationV2,
+}
+
+impl Transport {
+    pub fn is_federation(self) -> bool {
+        matches!(self, Transport::FederationV1 | Transport::FederationV2)
+    }
 }
 
 /// What an `amqp` link talks to.
@@ -199,6 +207,31 @@ pub struct LinkConfig {
     /// any peer whose certificate chains to `ca`.
     #[serde(default)]
     pub allow_fingerprints: Vec<String>,
+    /// Federation: the name we present to the federate (v2 `Subscription.identity.name`;
+    /// default the node id).
+    pub display_name: Option<String>,
+    /// Federation: hop limit stamped on what we send (-1, the default: unlimited); events
+    /// received with more hops than their limit are dropped.
+    pub max_hops: Option<i64>,
+    /// Federation: the groups this federate may receive. An event's groups are its
+    /// federation groups or its `__group` name (`__ANON__` without one); only events with a
+    /// group on this list are sent, and v2 carries the matching names in `federateGroups`.
+    /// Empty: everything, without `federateGroups`.
+    #[serde(default)]
+    pub outbound_groups: Vec<String>,
+    /// Federation: the groups given to what this federate sends us, when `group_mapping`
+    /// yields none.
+    #[serde(default)]
+    pub inbound_groups: Vec<String>,
+    /// Federation v2: `remote:local` pairs mapping the federate's `federateGroups` names to
+    /// our groups.
+    #[serde(default)]
+    pub group_mapping: Vec<String>,
+    /// Federation v2: seconds between our health checks as client (default 3).
+    pub health_interval_secs: Option<f64>,
+    /// Federation v2: as server, close a federate's streams with DEADLINE_EXCEEDED after
+    /// this many seconds without a health check (default 15, as TAK Server).
+    pub health_timeout_secs: Option<f64>,
     #[serde(default)]
     pub policy: PolicyConfig,
 }
@@ -324,7 +357,7 @@ impl Config {
             }
             match (l.transport, mode) {
                 (Transport::Amqp, _) => {}
-                (Transport::Tcp | Transport::Tls | Transport::FederationV1, Mode::Listen | Mode::Connect) => {}
+                (Transport::Tcp | Transport::Tls | Transport::FederationV1 | Transport::FederationV2, Mode::Listen | Mode::Connect) => {}
                 (Transport::Udp, Mode::Listen | Mode::Send) => {}
                 (Transport::Multicast, _) if l.mode.is_none() => {}
                 (t, m) => return Err(bad(format!("mode: {m:?} does not apply to transport {t:?}").to_lowercase())),
@@ -339,17 +372,30 @@ impl Config {
             } else if !addr.contains(':') {
                 return Err(bad(format!("address: {addr:?} must be host:port")));
             }
-            let fed = l.transport == Transport::FederationV1;
+            let fed = l.transport.is_federation();
             if fed && (l.ca.is_none() || l.cert.is_none() || l.key.is_none()) {
                 return Err(bad("federation links use mutual TLS: ca, cert and key are required".into()));
             }
-            if !fed && !l.allow_fingerprints.is_empty() {
-                return Err(bad("allow_fingerprints applies only to federation links".into()));
+            if !fed && (!l.allow_fingerprints.is_empty() || l.display_name.is_some() || l.max_hops.is_some() || !l.outbound_groups.is_empty() || !l.inbound_groups.is_empty()) {
+                return Err(bad("allow_fingerprints, display_name, max_hops, outbound_groups and inbound_groups apply only to federation links".into()));
+            }
+            if l.transport != Transport::FederationV2 && (!l.group_mapping.is_empty() || l.health_interval_secs.is_some() || l.health_timeout_secs.is_some()) {
+                return Err(bad("group_mapping, health_interval_secs and health_timeout_secs apply only to federation-v2 links".into()));
+            }
+            for m in &l.group_mapping {
+                if !m.split_once(':').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()) {
+                    return Err(bad(format!("group_mapping: {m:?} is not remote:local")));
+                }
+            }
+            for (k, v) in [("health_interval_secs", l.health_interval_secs), ("health_timeout_secs", l.health_timeout_secs)] {
+                if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                    return Err(bad(format!("{k} must be a positive number of seconds")));
+                }
             }
             if fed && (l.negotiate.is_some() || l.format.is_some()) {
                 return Err(bad("negotiate and format do not apply to federation links".into()));
             }
-            let stream = matches!(l.transport, Transport::Tcp | Transport::Tls | Transport::FederationV1);
+            let stream = matches!(l.transport, Transport::Tcp | Transport::Tls | Transport::FederationV1 | Transport::FederationV2);
             let datagram = matches!(l.transport, Transport::Udp | Transport::Multicast);
             if stream && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some() || l.max_datagram_bytes.is_some()) {
                 return Err(bad("interfaces, ttl, loopback and max_datagram_bytes apply only to udp and multicast links".into()));
@@ -363,7 +409,7 @@ impl Config {
             if l.transport != Transport::Multicast && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some()) {
                 return Err(bad("interfaces, ttl and loopback apply only to multicast links".into()));
             }
-            if !matches!(l.transport, Transport::Tls | Transport::FederationV1) {
+            if !matches!(l.transport, Transport::Tls | Transport::FederationV1 | Transport::FederationV2) {
                 if l.ca.is_some() || l.cert.is_some() || l.key.is_some() || l.require_client_cert.is_some() || l.server_name.is_some() || l.handshake_timeout_secs.is_some() {
                     return Err(bad("ca, cert, key, require_client_cert, server_name and handshake_timeout_secs apply only to tls links".into()));
                 }

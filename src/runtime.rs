@@ -126,7 +126,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 counters,
                 drain_timeout: drain,
             });
-            let sec = if tls_on { tls_security(l, connect, l.require_client_cert.unwrap_or(l.ca.is_some()))? } else { Security::Plain };
+            let sec = if tls_on { tls_security(l, connect, l.require_client_cert.unwrap_or(l.ca.is_some()), &[])? } else { Security::Plain };
             let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone(), status: Arc::default() };
             if connect {
                 status.connection = Some(endpoint.status.clone());
@@ -146,39 +146,58 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
                 tracker.spawn(tcp::listen(listener, sec, endpoint, session, cancel, tracker.clone()));
             }
         }
-        Transport::FederationV1 => {
-            if l.ca.is_none() || l.cert.is_none() || l.key.is_none() {
+        Transport::FederationV1 | Transport::FederationV2 => {
+            let (Some(_), Some(cert), Some(_)) = (&l.ca, &l.cert, &l.key) else {
                 return Err("federation links need ca, cert and key".into());
-            }
-            let sec = tls_security(l, connect, true)?;
+            };
+            let v2 = l.transport == Transport::FederationV2;
+            let alpn: &[&[u8]] = if v2 { &[b"h2"] } else { &[] };
+            let sec = tls_security(l, connect, true, alpn)?;
             let mut p = PeerPolicy::new(&l.policy, false)?;
             p.federate = true;
-            let settings = Arc::new(crate::federation::link::FedSettings {
-                link: l.name.clone(),
-                node_id: cfg.node.id.clone(),
-                policy: Arc::new(p),
-                counters: counters.clone(),
-                queue_depth,
-                idle_timeout: Some(secs(l.idle_timeout_secs, 900.0)),
-                max_frame: l.max_event_bytes.unwrap_or(crate::federation::v1::DEFAULT_MAX_FRAME),
-                allow: l.allow_fingerprints.clone(),
-            });
+            let mut fs = crate::federation::link::FedSettings::new(&l.name, &cfg.node.id, p);
+            fs.display_name = l.display_name.clone().unwrap_or_else(|| cfg.node.id.clone());
+            fs.counters = counters.clone();
+            fs.queue_depth = queue_depth;
+            fs.idle_timeout = if v2 { None } else { Some(secs(l.idle_timeout_secs, 900.0)) };
+            fs.max_frame = l.max_event_bytes.unwrap_or(if v2 { crate::federation::v2::DEFAULT_MAX_MESSAGE } else { crate::federation::v1::DEFAULT_MAX_FRAME });
+            fs.allow = l.allow_fingerprints.clone();
+            fs.max_hops = l.max_hops.unwrap_or(-1);
+            fs.outbound_groups = crate::router::pattern::PatternList::new(&l.outbound_groups)?;
+            fs.outbound_group_names = l.outbound_groups.clone();
+            fs.inbound_groups = l.inbound_groups.clone();
+            fs.group_mapping = l.group_mapping.iter().filter_map(|m| m.split_once(':')).map(|(a, b)| (a.to_owned(), b.to_owned())).collect();
+            fs.health_interval = secs(l.health_interval_secs, 3.0);
+            fs.health_timeout = secs(l.health_timeout_secs, 15.0);
+            fs.own_cert = tls::load_certs(cert).map_err(|e| e.0)?.first().map(|c| c.to_vec()).unwrap_or_default();
+            let settings = Arc::new(fs);
             let endpoint = tcp::Endpoint { link: l.name.clone(), counters, status: Arc::default() };
             if connect {
                 status.connection = Some(endpoint.status.clone());
             }
             let session: tcp::SessionFn = {
                 let router = router.clone();
-                Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::link::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))
+                if v2 {
+                    let server = crate::federation::v2::Shared::new(settings, router);
+                    if connect {
+                        *server.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.status.clone());
+                        Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::v2::run_client(io, remote, id, server.clone(), cancel)))
+                    } else {
+                        Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::v2::serve_connection(io, remote, id, server.clone(), cancel)))
+                    }
+                } else {
+                    Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::link::run_session(io, remote, id, settings.clone(), router.clone(), cancel)))
+                }
             };
+            let proto = if v2 { "federation v2" } else { "federation v1" };
             if connect {
                 let backoff = Backoff { min: secs(l.reconnect_min_secs, 1.0), max: secs(l.reconnect_max_secs, 60.0), healthy: Duration::from_secs(60) };
-                tracing::info!(link = %l.name, address = %l.address, "federation v1: connecting");
+                tracing::info!(link = %l.name, address = %l.address, "{proto}: connecting");
                 tracker.spawn(tcp::connect_loop(l.address.clone(), sec, backoff, endpoint, session, cancel));
             } else {
                 let listener = TcpListener::bind(&l.address).await.map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
                 status.local_addr = listener.local_addr().ok();
-                tracing::info!(link = %l.name, address = ?status.local_addr, "federation v1: listening");
+                tracing::info!(link = %l.name, address = ?status.local_addr, "{proto}: listening");
                 tracker.spawn(tcp::listen(listener, sec, endpoint, session, cancel, tracker.clone()));
             }
         }
@@ -284,16 +303,18 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
 /// TLS for a stream or federation link: as client, trust `ca` and present `cert`/`key` when
 /// given (server name from `server_name` or the address); as server, present `cert` with its
 /// issuing CA and verify clients against `ca` (required when `require_client_cert`).
-fn tls_security(l: &LinkConfig, connect: bool, require_client_cert: bool) -> Result<Security, String> {
+fn tls_security(l: &LinkConfig, connect: bool, require_client_cert: bool, alpn: &[&[u8]]) -> Result<Security, String> {
     let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
     if connect {
         let ca = l.ca.as_deref().ok_or("a tls connection needs ca (the CA that signed the server certificate)")?;
-        let cc = tls::client_config(ca, l.cert.as_deref().zip(l.key.as_deref())).map_err(|e| e.0)?;
+        let mut cc = tls::client_config(ca, l.cert.as_deref().zip(l.key.as_deref())).map_err(|e| e.0)?;
+        cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
         Ok(Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout })
     } else {
         let (cert, key) = l.cert.as_deref().zip(l.key.as_deref()).ok_or("a tls listener needs cert and key")?;
-        let sc = tls::server_config(cert, key, l.ca.as_deref(), require_client_cert).map_err(|e| e.0)?;
+        let mut sc = tls::server_config(cert, key, l.ca.as_deref(), require_client_cert).map_err(|e| e.0)?;
+        sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout })
     }
 }

@@ -1,6 +1,6 @@
-//! Federation v1 between takgate nodes over mutual TLS: contact snapshot and latest SA on
-//! connect, live CoT both ways, direct messages to federated contacts, no federate-to-
-//! federate relay, and the fingerprint allow-list.
+//! Federation v1 and v2 between takgate nodes over mutual TLS, each side dialing in turn:
+//! contact snapshot and latest SA on connect, live CoT both ways, direct messages to
+//! federated contacts, no federate-to-federate relay, and the fingerprint allow-list.
 
 mod common;
 
@@ -10,30 +10,38 @@ use common::certs::Pki;
 use common::{gateway, pli, seq_of, Client};
 use takgate::cot::{CotEvent, CotTime};
 
-fn fed_listen(id: &str, pki: &Pki, extra: &str) -> String {
+fn fed_listen_on(id: &str, pki: &Pki, transport: &str, addr: &str, extra: &str) -> String {
     format!(
         "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
-         [[link]]\nname = \"fed\"\ntransport = \"federation-v1\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+         [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"listen\"\naddress = \"{addr}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
         pki.path(&pki.ca),
         pki.path(&pki.server_cert),
         pki.path(&pki.server_key)
     )
 }
 
-fn fed_connect(id: &str, pki: &mut Pki, to: std::net::SocketAddr) -> String {
+fn fed_listen(id: &str, pki: &Pki, extra: &str) -> String {
+    fed_listen_on(id, pki, "federation-v1", "127.0.0.1:0", extra)
+}
+
+fn fed_connect_with(id: &str, pki: &mut Pki, transport: &str, to: std::net::SocketAddr) -> String {
     let (c, k) = pki.leaf(id, false);
     format!(
         "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
-         [[link]]\nname = \"fed\"\ntransport = \"federation-v1\"\nmode = \"connect\"\naddress = \"{to}\"\nserver_name = \"localhost\"\nreconnect_min_secs = 0.2\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+         [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"connect\"\naddress = \"{to}\"\nserver_name = \"localhost\"\nreconnect_min_secs = 0.2\nreconnect_max_secs = 0.5\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
         pki.path(&pki.ca),
         c.display(),
         k.display()
     )
 }
 
-async fn wait_federates(gw: &takgate::runtime::Gateway, n: usize) {
-    for _ in 0..150 {
-        if gw.router().stats().await.iter().filter(|s| s.transport == "federation-v1").count() >= n {
+fn fed_connect(id: &str, pki: &mut Pki, to: std::net::SocketAddr) -> String {
+    fed_connect_with(id, pki, "federation-v1", to)
+}
+
+async fn wait_federates_on(gw: &takgate::runtime::Gateway, transport: &str, n: usize) {
+    for _ in 0..300 {
+        if gw.router().stats().await.iter().filter(|s| s.transport == transport).count() >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -41,40 +49,104 @@ async fn wait_federates(gw: &takgate::runtime::Gateway, n: usize) {
     panic!("federates did not connect");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_federate_over_v1() {
-    let mut pki = Pki::new("fedv1");
-    let a = gateway(&fed_listen("node-a", &pki, "")).await;
-    let fed_addr = a.local_addr("fed").unwrap();
-    // A client is on A before B federates: B must get its latest SA in the snapshot.
+async fn wait_federates(gw: &takgate::runtime::Gateway, n: usize) {
+    wait_federates_on(gw, "federation-v1", n).await
+}
+
+/// Two nodes federated over `transport`. ALPHA sits on the node that listens when
+/// `alpha_on_listener`, else on the node that dials; either way it is there before the
+/// link comes up, so the other node must get its latest SA in the connect snapshot.
+async fn two_nodes_federate(transport: &str, alpha_on_listener: bool) {
+    let mut pki = Pki::new(&format!("fed-{transport}-{alpha_on_listener}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let listen_cfg = fed_listen_on("node-a", &pki, transport, &port.to_string(), "");
+    let dial_cfg = fed_connect_with("node-b", &mut pki, transport, port);
+    // A is the node ALPHA is on.
+    let (a, b) = if alpha_on_listener {
+        let a = gateway(&listen_cfg).await;
+        (a, None)
+    } else {
+        (gateway(&dial_cfg).await, None)
+    };
     let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
     let mut alpha2 = Client::tcp(a.local_addr("c").unwrap()).await;
     alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 1)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let b = gateway(&fed_connect("node-b", &mut pki, fed_addr)).await;
+    let b = match b {
+        Some(b) => b,
+        None => gateway(if alpha_on_listener { &dial_cfg } else { &listen_cfg }).await,
+    };
     let mut bravo = Client::tcp(b.local_addr("c").unwrap()).await;
-    wait_federates(&a, 1).await;
-    let got = bravo.drain(Duration::from_millis(800)).await;
+    let stats_name = if transport == "federation-v1" { "federation-v1" } else { "federation-v2" };
+    wait_federates_on(&a, stats_name, 1).await;
+    wait_federates_on(&b, stats_name, 1).await;
+    let got = bravo.drain(Duration::from_millis(1000)).await;
     assert_eq!(got.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect::<Vec<_>>(), [1], "snapshot on connect: {got:?}");
     let ev = got.iter().find(|e| e.uid == "ANDROID-ALPHA").unwrap();
     assert_eq!(ev.detail.contact.as_ref().unwrap().callsign, "ALPHA");
     // Live CoT both ways.
     bravo.send(&pli("ANDROID-BRAVO", "BRAVO", 2)).await;
     alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 3)).await;
-    let on_a: Vec<_> = alpha.drain(Duration::from_millis(600)).await.iter().filter(|e| e.uid == "ANDROID-BRAVO").filter_map(seq_of).collect();
+    let on_a: Vec<_> = alpha.drain(Duration::from_millis(800)).await.iter().filter(|e| e.uid == "ANDROID-BRAVO").filter_map(seq_of).collect();
     assert_eq!(on_a, [2]);
-    let on_b: Vec<_> = bravo.drain(Duration::from_millis(600)).await.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect();
+    let on_b: Vec<_> = bravo.drain(Duration::from_millis(800)).await.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect();
     assert_eq!(on_b, [3]);
     alpha2.drain(Duration::from_millis(200)).await;
     // A direct message from B to ALPHA reaches ALPHA only (contact learned over federation).
     let mut chat = CotEvent::new("GeoChat.ANDROID-BRAVO.ALPHA.1", "b-t-f", "h-g-i-g-o", CotTime::now(), 60);
     chat.detail.xml = r#"<remarks>seq=9</remarks><marti><dest callsign="ALPHA"/></marti>"#.into();
     bravo.send(&chat).await;
-    let to_alpha: Vec<_> = alpha.drain(Duration::from_millis(600)).await.iter().filter_map(seq_of).collect();
+    let to_alpha: Vec<_> = alpha.drain(Duration::from_millis(800)).await.iter().filter_map(seq_of).collect();
     let to_alpha2: Vec<_> = alpha2.drain(Duration::from_millis(300)).await.iter().filter_map(seq_of).collect();
     assert_eq!(to_alpha, [9], "direct message delivered");
     assert!(to_alpha2.is_empty(), "and only to its addressee: {to_alpha2:?}");
-    // A third node on A does not get what B sent (federation is pair-wise).
+    // And back: a direct message from A to BRAVO.
+    let mut chat = CotEvent::new("GeoChat.ANDROID-ALPHA.BRAVO.1", "b-t-f", "h-g-i-g-o", CotTime::now(), 60);
+    chat.detail.xml = r#"<remarks>seq=10</remarks><marti><dest uid="ANDROID-BRAVO"/></marti>"#.into();
+    alpha.send(&chat).await;
+    let to_bravo: Vec<_> = bravo.drain(Duration::from_millis(800)).await.iter().filter_map(seq_of).collect();
+    assert_eq!(to_bravo, [10], "direct message by uid delivered");
+    for gw in [&a, &b] {
+        let st = gw.counters("fed").unwrap().snapshot();
+        assert_eq!(st.frame_errors + st.decode_errors, 0, "{st:?}");
+    }
+    let dialer = if alpha_on_listener { &b } else { &a };
+    let conn = dialer.connection("fed").unwrap();
+    assert_eq!((conn.state, conn.connects), ("connected", 1), "{conn:?}");
+    // The last error stays visible after a reconnect (here: the listener was not up yet).
+    assert_eq!(conn.last_error.is_some(), !alpha_on_listener, "{conn:?}");
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_federates_with_the_listener_holding_the_snapshot() {
+    two_nodes_federate("federation-v1", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_federates_with_the_dialer_holding_the_snapshot() {
+    two_nodes_federate("federation-v1", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_federates_with_the_listener_holding_the_snapshot() {
+    two_nodes_federate("federation-v2", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_federates_with_the_dialer_holding_the_snapshot() {
+    two_nodes_federate("federation-v2", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_is_pair_wise() {
+    let mut pki = Pki::new("fedpair");
+    let a = gateway(&fed_listen("node-a", &pki, "")).await;
+    let fed_addr = a.local_addr("fed").unwrap();
+    let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
+    let b = gateway(&fed_connect("node-b", &mut pki, fed_addr)).await;
+    let mut bravo = Client::tcp(b.local_addr("c").unwrap()).await;
     let c = gateway(&fed_connect("node-c", &mut pki, fed_addr)).await;
     let mut charlie = Client::tcp(c.local_addr("c").unwrap()).await;
     wait_federates(&a, 2).await;
@@ -84,10 +156,6 @@ async fn two_nodes_federate_over_v1() {
     let on_c = charlie.drain(Duration::from_millis(800)).await;
     assert!(on_c.iter().all(|e| e.uid != "ANDROID-BRAVO"), "no federate-to-federate relay: {on_c:?}");
     assert_eq!(on_c.iter().filter(|e| e.uid == "ANDROID-ALPHA").filter_map(seq_of).collect::<Vec<_>>(), [5]);
-    let st = a.counters("fed").unwrap().snapshot();
-    assert_eq!(st.frame_errors + st.decode_errors, 0, "{st:?}");
-    let conn = b.connection("fed").unwrap();
-    assert_eq!((conn.state, conn.connects, conn.last_error.is_none()), ("connected", 1, true));
     for gw in [c, b, a] {
         gw.shutdown().await;
     }

@@ -4,6 +4,7 @@
 pub mod com {
     pub mod atakmap {
         include!(concat!(env!("OUT_DIR"), "/com.atakmap.rs"));
+        include!(concat!(env!("OUT_DIR"), "/com.atakmap.FederatedChannel.rs"));
     }
 }
 

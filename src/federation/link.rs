@@ -24,7 +24,8 @@ use super::fig::{ContactListEntry, Crud, FederateHops, FederateProvenance, Feder
 use super::v1::{self, Decoder};
 use crate::config::Overflow;
 use crate::cot::{xml, CotEvent, CotTime};
-use crate::router::{LinkCounters, Message, PeerIdentity, PeerInfo, PeerPolicy, RouterHandle};
+use crate::router::pattern::PatternList;
+use crate::router::{FedMeta, LinkCounters, Message, PeerIdentity, PeerInfo, PeerPolicy, RouterHandle};
 use crate::transport::stream::{ingest_from, log_bad_input};
 use crate::transport::tcp::Io;
 
@@ -32,6 +33,8 @@ use crate::transport::tcp::Io;
 pub struct FedSettings {
     pub link: String,
     pub node_id: String,
+    /// The name we present (v2 `Subscription.identity.name`).
+    pub display_name: String,
     pub policy: Arc<PeerPolicy>,
     pub counters: Arc<LinkCounters>,
     pub queue_depth: usize,
@@ -40,49 +43,150 @@ pub struct FedSettings {
     /// Accepted peer fingerprints (upper-case hex pairs joined by ':'); empty: any peer
     /// whose certificate chains to the federation CA.
     pub allow: Vec<String>,
+    /// Hop limit stamped on what we send; -1: unlimited.
+    pub max_hops: i64,
+    /// Groups this federate may receive (empty: all, and no `federateGroups`).
+    pub outbound_groups: PatternList,
+    pub outbound_group_names: Vec<String>,
+    /// Local groups for what this federate sends when the mapping yields none.
+    pub inbound_groups: Vec<String>,
+    /// v2: remote group name -> local group name.
+    pub group_mapping: Vec<(String, String)>,
+    /// v2 client: interval between health checks.
+    pub health_interval: Duration,
+    /// v2 server: streams without a health check for this long are closed.
+    pub health_timeout: Duration,
+    /// Our certificate (DER), for `Getx509Identity`.
+    pub own_cert: Vec<u8>,
 }
 
-/// The frames for one routed event (contact CREATE first when this contact is new here).
-fn frames_for(m: &Message, s: &FedSettings, announced: &mut HashSet<String>, out: &mut Vec<u8>) -> bool {
+impl FedSettings {
+    /// Settings with defaults, for tests and tools.
+    pub fn new(link: &str, node_id: &str, policy: PeerPolicy) -> FedSettings {
+        let mut policy = policy;
+        policy.federate = true;
+        FedSettings {
+            link: link.into(),
+            node_id: node_id.into(),
+            display_name: node_id.into(),
+            policy: Arc::new(policy),
+            counters: Arc::default(),
+            queue_depth: 16_384,
+            idle_timeout: Some(Duration::from_secs(900)),
+            max_frame: v1::DEFAULT_MAX_FRAME,
+            allow: vec![],
+            max_hops: -1,
+            outbound_groups: PatternList::default(),
+            outbound_group_names: vec![],
+            inbound_groups: vec![],
+            group_mapping: vec![],
+            health_interval: Duration::from_secs(3),
+            health_timeout: Duration::from_secs(15),
+            own_cert: vec![],
+        }
+    }
+}
+
+/// Whether a federate with this certificate may connect (it presented one, and it is on the
+/// allow-list when there is one); logs and counts a refusal.
+pub(crate) fn admit(identity: Option<PeerIdentity>, s: &FedSettings, remote: &str) -> Option<PeerIdentity> {
+    let Some(identity) = identity else {
+        tracing::warn!(link = %s.link, %remote, "federate refused: it presented no certificate");
+        return None;
+    };
+    if !s.allow.is_empty() && !s.allow.iter().any(|f| f.eq_ignore_ascii_case(&identity.fingerprint)) {
+        let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log_bad_input(n, &s.link, remote, &format!("federate refused: {} ({}) is not on the allow-list", identity.federate_name(), identity.fingerprint));
+        return None;
+    }
+    Some(identity)
+}
+
+/// The `FederatedEvent`s for one routed event, in order (contact CREATE first when this
+/// contact is new on this connection). Returns false when the event does not go to this
+/// federate.
+pub(crate) fn federated_for(m: &Message, s: &FedSettings, announced: &mut HashSet<String>, mut out: impl FnMut(FederatedEvent)) -> bool {
     let ev = &m.event;
     if ev.cot_type.starts_with("t-x-m") {
         return false;
     }
+    let groups: Vec<String> = if s.outbound_group_names.is_empty() {
+        vec![]
+    } else {
+        let own: Vec<&str> = match &m.fed {
+            Some(f) if !f.groups.is_empty() => f.groups.iter().map(String::as_str).collect(),
+            _ => vec![m.facts.group.as_deref().unwrap_or("__ANON__")],
+        };
+        let g: Vec<String> = own.into_iter().filter(|g| s.outbound_groups.any(g)).map(str::to_owned).collect();
+        if g.is_empty() {
+            LinkCounters::inc(&s.counters.filtered);
+            return false;
+        }
+        g
+    };
+    let mut provenance: Vec<FederateProvenance> = m.fed.iter().flat_map(|f| f.provenance.iter()).filter(|p| **p != s.node_id).map(|p| FederateProvenance { federation_server_id: p.clone(), federation_server_name: String::new() }).collect();
+    provenance.push(FederateProvenance { federation_server_id: s.node_id.clone(), federation_server_name: s.display_name.clone() });
+    let (hops, max_hops) = match &m.fed {
+        Some(f) => (f.hops + 1, min_limit(f.max_hops, s.max_hops)),
+        None => (1, s.max_hops),
+    };
     if ev.cot_type == "t-x-d-d" {
         let Some(uid) = xml::find_attr(&ev.detail.xml, "link", "uid") else { return false };
         let typ = xml::find_attr(&ev.detail.xml, "link", "type").unwrap_or_default();
         announced.remove(&uid);
-        v1::encode(&FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, callsign: typ, ..Default::default() }), ..Default::default() }, out);
+        out(FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, callsign: typ, ..Default::default() }), federate_groups: groups, ..Default::default() });
         return true;
     }
     if ev.cot_type.starts_with("a-") {
         if let Some(cs) = &m.facts.callsign {
             if announced.insert(ev.uid.clone()) {
-                v1::encode(&FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Create as i32, uid: ev.uid.clone(), callsign: cs.clone(), ..Default::default() }), ..Default::default() }, out);
+                out(FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Create as i32, uid: ev.uid.clone(), callsign: cs.clone(), ..Default::default() }), federate_groups: groups.clone(), ..Default::default() });
             }
         }
     }
-    let fe = FederatedEvent {
+    out(FederatedEvent {
         event: Some(to_geo(ev, &m.facts)),
-        federate_provenance: vec![FederateProvenance { federation_server_id: s.node_id.clone(), federation_server_name: s.node_id.clone() }],
-        federate_hops: Some(FederateHops { max_hops: -1, current_hops: 1 }),
+        federate_groups: groups,
+        federate_provenance: provenance,
+        federate_hops: Some(FederateHops { max_hops, current_hops: hops }),
         ..Default::default()
-    };
-    v1::encode(&fe, out);
+    });
     true
+}
+
+/// The stricter of two hop limits (-1: unlimited).
+fn min_limit(a: i64, b: i64) -> i64 {
+    match (a < 0, b < 0) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => a.min(b),
+    }
+}
+
+/// The local groups for an event a federate sent with `remote` federation groups.
+pub(crate) fn inbound_groups(remote: &[String], s: &FedSettings) -> Vec<String> {
+    let mut g: Vec<String> = vec![];
+    for r in remote {
+        for (from, to) in &s.group_mapping {
+            if from == r && !g.contains(to) {
+                g.push(to.clone());
+            }
+        }
+    }
+    if g.is_empty() {
+        g = s.inbound_groups.clone();
+    }
+    g
+}
+
+/// The frames for one routed event (v1).
+fn frames_for(m: &Message, s: &FedSettings, announced: &mut HashSet<String>, out: &mut Vec<u8>) -> bool {
+    federated_for(m, s, announced, |fe| v1::encode(&fe, out))
 }
 
 /// Runs one federation v1 connection until it closes or `cancel` fires.
 pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerIdentity>, s: Arc<FedSettings>, router: RouterHandle, cancel: CancellationToken) {
-    let Some(identity) = identity else {
-        tracing::warn!(link = %s.link, %remote, "federate presented no certificate: closing");
-        return;
-    };
-    if !s.allow.is_empty() && !s.allow.iter().any(|f| f.eq_ignore_ascii_case(&identity.fingerprint)) {
-        let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        log_bad_input(n, &s.link, &remote, &format!("federate {} ({}) is not on the allow-list", identity.cn, identity.fingerprint));
-        return;
-    }
+    let Some(identity) = admit(identity, &s, &remote) else { return };
     let id = router.next_id();
     let (tx, rx) = mpsc::channel(s.queue_depth);
     let session = cancel.child_token();
@@ -91,7 +195,7 @@ pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerI
     router
         .attach(PeerInfo { id, link: s.link.clone(), transport: "federation-v1", remote: remote.clone(), identity: Some(identity.clone()), policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.clone() })
         .await;
-    tracing::info!(link = %s.link, %remote, federate = %identity.cn, fingerprint = %identity.fingerprint, "federate connected");
+    tracing::info!(link = %s.link, %remote, federate = %identity.federate_name(), fingerprint = %identity.fingerprint, "federate connected");
     let (mut rd, wr) = tokio::io::split(io);
     let writer = tokio::spawn(write_loop(wr, rx, snapshot, s.clone(), session.clone()));
     let mut dec = Decoder::new(s.max_frame);
@@ -171,20 +275,22 @@ async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Re
     let _ = tokio::time::timeout(Duration::from_secs(3), wr.shutdown()).await;
 }
 
-async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHandle) {
+/// Handles one `FederatedEvent` from federate session `id`: loop and hop checks, contacts,
+/// and the event itself, routed with its provenance.
+pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHandle) {
     if fe.federate_provenance.iter().any(|p| p.federation_server_id == s.node_id) {
         LinkCounters::inc(&s.counters.loops);
         return;
     }
-    if let Some(h) = &fe.federate_hops {
-        if h.max_hops >= 0 && h.current_hops > h.max_hops {
-            LinkCounters::inc(&s.counters.loops);
-            return;
-        }
+    let (hops, max_hops) = fe.federate_hops.as_ref().map(|h| (h.current_hops, h.max_hops)).unwrap_or((0, -1));
+    if (max_hops >= 0 && hops > max_hops) || (s.max_hops >= 0 && hops > s.max_hops) {
+        LinkCounters::inc(&s.counters.loops);
+        return;
     }
-    if let Some(c) = fe.contact {
+    let meta = || FedMeta { provenance: fe.federate_provenance.iter().map(|p| p.federation_server_id.clone()).collect(), hops, max_hops, groups: inbound_groups(&fe.federate_groups, s) };
+    if let Some(c) = &fe.contact {
         match Crud::try_from(c.operation) {
-            Ok(Crud::Create | Crud::Update) => router.learn_contact(c.uid, c.callsign, id).await,
+            Ok(Crud::Create | Crud::Update) => router.learn_contact(c.uid.clone(), c.callsign.clone(), id).await,
             Ok(Crud::Delete) => {
                 router.forget_contact(c.uid.clone(), id).await;
                 // A departed remote client: tell local clients to remove it.
@@ -196,15 +302,20 @@ async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHa
                 xml::escape_attr(&c.callsign, &mut d);
                 d.extend_from_slice(b"\"/><__forcedelete/>");
                 ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
-                ingest_from(router, &s.policy, &s.counters, id, ev, true, true).await;
+                ingest_from(router, &s.policy, &s.counters, id, ev, true, Some(meta())).await;
             }
             _ => {}
         }
     }
-    if let Some(g) = fe.event {
+    if let Some(g) = fe.event.clone() {
+        if g.r#type.starts_with("t-x-m") {
+            // Mission-change notices travel as ROL on v2 (TAK Server discards them here too).
+            LinkCounters::inc(&s.counters.filtered);
+            return;
+        }
         match from_geo(g) {
             Ok(ev) => {
-                ingest_from(router, &s.policy, &s.counters, id, ev, true, true).await;
+                ingest_from(router, &s.policy, &s.counters, id, ev, true, Some(meta())).await;
             }
             Err(e) => {
                 let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -6,3 +6,4 @@ pub mod fig;
 pub mod link;
 pub mod probe;
 pub mod v1;
+pub mod v2;

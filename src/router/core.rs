@@ -114,6 +114,15 @@ pub struct PeerIdentity {
     pub cn: String,
     /// SHA-256 of the DER certificate, upper-case hex pairs joined by ':'.
     pub fingerprint: String,
+    /// Issuer common name.
+    pub issuer_cn: String,
+}
+
+impl PeerIdentity {
+    /// The federate name TAK Server gives a new federate: `CN:issuer CN`.
+    pub fn federate_name(&self) -> String {
+        format!("{}:{}", self.cn, self.issuer_cn)
+    }
 }
 
 /// What a peer's queue carries.

@@ -133,6 +133,16 @@ pub fn stamp_flow_tag(ev: &mut CotEvent, node_id: &str, now: CotTime) {
     d.push_str("/>");
 }
 
+/// What a federate told us about an event: the servers it passed through, its hop count
+/// and limit (-1: none), and the local groups its federation groups mapped to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FedMeta {
+    pub provenance: Vec<String>,
+    pub hops: i64,
+    pub max_hops: i64,
+    pub groups: Vec<String>,
+}
+
 /// An event on its way through the router.
 #[derive(Debug)]
 pub struct Message {
@@ -141,6 +151,8 @@ pub struct Message {
     /// Came in over a federation link (not sent to other federates unless their policy
     /// says `relay_federates`).
     pub from_federate: bool,
+    /// Provenance, hops and groups of an event received from a federate.
+    pub fed: Option<Box<FedMeta>>,
     pub received: Instant,
     pub facts: Facts,
     encoded: [OnceLock<Bytes>; 3],
@@ -149,7 +161,16 @@ pub struct Message {
 impl Message {
     pub fn new(event: CotEvent, origin: LinkId) -> Message {
         let facts = Facts::of(&event);
-        Message { event, origin, from_federate: false, received: Instant::now(), facts, encoded: Default::default() }
+        Message { event, origin, from_federate: false, fed: None, received: Instant::now(), facts, encoded: Default::default() }
+    }
+
+    /// The groups routing compares with `groups_out`: the federation groups when a federate
+    /// gave any, else the `__group` name.
+    pub fn has_group_in(&self, pats: &super::pattern::PatternList) -> Option<bool> {
+        match &self.fed {
+            Some(f) if !f.groups.is_empty() => Some(f.groups.iter().any(|g| pats.any(g))),
+            _ => self.facts.group.as_deref().map(|g| pats.any(g)),
+        }
     }
 
     /// The event in `format`, encoded on first use and shared afterwards.

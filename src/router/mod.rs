@@ -7,5 +7,5 @@ pub mod pattern;
 pub mod policy;
 
 pub use self::core::{CounterSnapshot, LinkCounters, Outbound, PeerIdentity, PeerInfo, PeerStats, Router, RouterHandle};
-pub use message::{LinkId, Message};
+pub use message::{FedMeta, LinkId, Message};
 pub use policy::PeerPolicy;

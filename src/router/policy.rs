@@ -133,7 +133,7 @@ impl PeerPolicy {
         if cs.is_some_and(|c| self.callsigns_deny.any(c)) {
             return false;
         }
-        if !self.groups_out.is_empty() && f.group.as_deref().is_some_and(|g| !self.groups_out.any(g)) {
+        if !self.groups_out.is_empty() && m.has_group_in(&self.groups_out) == Some(false) {
             return false;
         }
         true

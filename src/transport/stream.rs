@@ -78,11 +78,11 @@ pub(crate) fn log_bad_input(counter: u64, link: &str, remote: &str, what: &dyn s
 /// Stamps our flow tag and routes an event that arrived on `origin`; returns false when it
 /// is a loop (it already carries our tag) or not allowed in.
 pub(crate) async fn ingest(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, ev: CotEvent, wait: bool) -> bool {
-    ingest_from(router, policy, counters, origin, ev, wait, false).await
+    ingest_from(router, policy, counters, origin, ev, wait, None).await
 }
 
-/// [`ingest`], marking the message as come from a federate when `from_federate`.
-pub(crate) async fn ingest_from(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, mut ev: CotEvent, wait: bool, from_federate: bool) -> bool {
+/// [`ingest`], marking the message as come from a federate when `fed` is given.
+pub(crate) async fn ingest_from(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, mut ev: CotEvent, wait: bool, fed: Option<crate::router::FedMeta>) -> bool {
     LinkCounters::inc(&counters.events_in);
     if has_flow_tag(&ev, &router.node_id) {
         LinkCounters::inc(&counters.loops);
@@ -90,7 +90,8 @@ pub(crate) async fn ingest_from(router: &RouterHandle, policy: &PeerPolicy, coun
     }
     stamp_flow_tag(&mut ev, &router.node_id, CotTime::now());
     let mut m = Message::new(ev, origin);
-    m.from_federate = from_federate;
+    m.from_federate = fed.is_some();
+    m.fed = fed.map(Box::new);
     if !policy.allows_in(&m) {
         LinkCounters::inc(&counters.filtered);
         return false;

@@ -91,9 +91,9 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// The identity of the end-entity certificate a peer presented.
 pub fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
     let der = certs?.first()?;
-    let cn = x509_parser::parse_x509_certificate(der)
-        .ok()
-        .and_then(|(_, c)| c.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok().map(str::to_owned)))
-        .unwrap_or_default();
-    Some(PeerIdentity { cn, fingerprint: fingerprint(der) })
+    let parsed = x509_parser::parse_x509_certificate(der).ok();
+    let cn_of = |n: &x509_parser::x509::X509Name<'_>| n.iter_common_name().next().and_then(|cn| cn.as_str().ok().map(str::to_owned)).unwrap_or_default();
+    let cn = parsed.as_ref().map(|(_, c)| cn_of(c.subject())).unwrap_or_default();
+    let issuer_cn = parsed.as_ref().map(|(_, c)| cn_of(c.issuer())).unwrap_or_default();
+    Some(PeerIdentity { cn, fingerprint: fingerprint(der), issuer_cn })
 }
