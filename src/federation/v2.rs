@@ -139,10 +139,31 @@ fn describe(what: &str, st: &Status) -> String {
         Code::Cancelled => "cancelled",
         _ => "failed",
     };
-    if st.message().is_empty() {
-        format!("{what}: {code} ({:?})", st.code())
+    let mut detail = st.message().to_string();
+    let mut src = std::error::Error::source(st);
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !detail.contains(&t) {
+            detail.push_str(": ");
+            detail.push_str(&t);
+        }
+        src = e.source();
+    }
+    let hint = if let Some(i) = detail.find("received fatal alert: ") {
+        let alert = detail[i + 22..].split([' ', ':', ')']).next().unwrap_or("");
+        match alert {
+            "UnknownCA" | "BadCertificate" | "CertificateUnknown" | "DecryptError" => format!(" [the peer refused our certificate (TLS alert {alert}): is our CA in its federation truststore?]"),
+            "CertificateExpired" => " [the peer refused our certificate as expired (TLS alert CertificateExpired): renew it]".to_string(),
+            "CertificateRevoked" => " [the peer says our certificate is revoked]".to_string(),
+            a => format!(" [TLS alert {a} from the peer]"),
+        }
     } else {
-        format!("{what}: {code} ({:?}: {})", st.code(), st.message())
+        String::new()
+    };
+    if detail.is_empty() {
+        format!("{what}: {code} ({:?}){hint}", st.code())
+    } else {
+        format!("{what}: {code} ({:?}: {detail}){hint}", st.code())
     }
 }
 

@@ -51,6 +51,22 @@ impl Pki {
         (cp, kp)
     }
 
+    /// A client certificate from this CA that expired in 2021.
+    pub fn leaf_expired(&mut self, cn: &str) -> (PathBuf, PathBuf) {
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let (cp, kp) = (self.dir.join(format!("{cn}.pem")), self.dir.join(format!("{cn}.key")));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        (cp, kp)
+    }
+
     pub fn path(&self, p: &Path) -> String {
         p.display().to_string()
     }
