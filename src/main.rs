@@ -66,17 +66,23 @@ enum BenchCmd {
 
 #[derive(Subcommand)]
 enum FederationCmd {
-    /// Staged connection test of a federation v1 peer: TCP, TLS, identity, first frame.
+    /// Staged connection test of a federation peer: resolve, TCP, TLS, identity, then the
+    /// protocol (v1: first frame; v2: SERVING on the groups stream and a health check).
     Test {
-        /// HOST:PORT of the peer (TAK Server's v1 port is 9000).
+        /// A federation link's name in the config file, or HOST:PORT of the peer.
+        target: String,
+        /// The configuration that holds the link (default: the embedded one).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// v1 or v2 (default: the link's transport; for HOST:PORT, v2 on port 9001, else v1).
         #[arg(long)]
-        address: String,
+        protocol: Option<String>,
         #[arg(long)]
-        ca: PathBuf,
+        ca: Option<PathBuf>,
         #[arg(long)]
-        cert: PathBuf,
+        cert: Option<PathBuf>,
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
         #[arg(long)]
         server_name: Option<String>,
         /// Seconds to wait for the peer's first frame.
@@ -218,7 +224,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Federation { cmd: FederationCmd::Test { address, ca, cert, key, server_name, listen, json } } => {
+        Cmd::Federation { cmd: FederationCmd::Test { target, config, protocol, ca, cert, key, server_name, listen, json } } => {
+            let target = match probe_target(&target, config, protocol, ca, cert, key, server_name, listen) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("takgate federation test: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -226,7 +239,6 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let target = takgate::federation::probe::ProbeTarget { address, ca, cert, key, server_name, listen: std::time::Duration::from_secs(listen) };
             let stages = rt.block_on(takgate::federation::probe::probe(&target));
             if json {
                 println!("{}", serde_json::to_string(&stages).unwrap_or_default());
@@ -279,4 +291,37 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What `federation test` probes: a configured federation link by name, or an address with
+/// certificate paths; options given on the command line win over the link's.
+#[allow(clippy::too_many_arguments)]
+fn probe_target(target: &str, config: Option<PathBuf>, protocol: Option<String>, ca: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>, server_name: Option<String>, listen: u64) -> Result<takgate::federation::probe::ProbeTarget, String> {
+    use takgate::config::Transport;
+    let cfg = match &config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default_config(),
+    };
+    let link = cfg.links.iter().find(|l| l.name == target && l.transport.is_federation());
+    let (address, l_ca, l_cert, l_key, l_name, l_proto) = match link {
+        Some(l) => (l.address.clone(), l.ca.clone(), l.cert.clone(), l.key.clone(), l.server_name.clone(), Some(if l.transport == Transport::FederationV2 { 2 } else { 1 })),
+        None if target.contains(':') => (target.to_string(), None, None, None, None, None),
+        None => return Err(format!("{target:?} is neither a federation link in {} nor HOST:PORT", config.map(|p| p.display().to_string()).unwrap_or("the embedded configuration".into()))),
+    };
+    let protocol = match protocol.as_deref() {
+        Some("v1" | "1") => 1,
+        Some("v2" | "2") => 2,
+        Some(p) => return Err(format!("--protocol {p:?}: use v1 or v2")),
+        None => l_proto.unwrap_or(if address.ends_with(":9001") { 2 } else { 1 }),
+    };
+    let need = |v: Option<PathBuf>, what: &str| v.ok_or(format!("--{what} is required (the link has none)"));
+    Ok(takgate::federation::probe::ProbeTarget {
+        address,
+        ca: need(ca.or(l_ca), "ca")?,
+        cert: need(cert.or(l_cert), "cert")?,
+        key: need(key.or(l_key), "key")?,
+        server_name: server_name.or(l_name),
+        listen: std::time::Duration::from_secs(listen),
+        protocol,
+    })
 }

@@ -182,12 +182,26 @@ async fn staged_connection_test_reports_each_stage() {
     alpha.send(&pli("ANDROID-ALPHA", "ALPHA", 1)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (cert, key) = pki.leaf("prober", false);
-    let t = ProbeTarget { address: a.local_addr("fed").unwrap().to_string(), ca: pki.ca.clone(), cert, key, server_name: Some("localhost".into()), listen: Duration::from_secs(2) };
+    let t = ProbeTarget { address: a.local_addr("fed").unwrap().to_string(), ca: pki.ca.clone(), cert, key, server_name: Some("localhost".into()), listen: Duration::from_secs(2), protocol: 1 };
     let stages = probe(&t).await;
     let names: Vec<_> = stages.iter().map(|s| (s.name, s.ok)).collect();
     assert_eq!(names, [("certificates", true), ("resolve", true), ("tcp connect", true), ("tls handshake", true), ("peer identity", true), ("v1 first frame", true)], "{stages:?}");
     assert!(stages[4].detail.contains("CN localhost") && stages[4].detail.contains("chain 2"), "{}", stages[4].detail);
     assert!(stages[5].detail.contains("received a contact"), "{}", stages[5].detail);
+    // Dialed by an address the server certificate does not name: the reason, in words.
+    let stages = probe(&ProbeTarget { server_name: Some("10.0.0.5".into()), ..t.clone() }).await;
+    let last = stages.last().unwrap();
+    assert_eq!((last.name, last.ok), ("tls handshake", false));
+    assert!(last.detail.starts_with("server certificate has no SAN for 10.0.0.5"), "{}", last.detail);
+    // A v2 listener: SERVING on the groups stream, then a health check.
+    let b = gateway(&fed_listen_on("node-b", &pki, "federation-v2", "127.0.0.1:0", "")).await;
+    let stages = probe(&ProbeTarget { address: b.local_addr("fed").unwrap().to_string(), protocol: 2, ..t.clone() }).await;
+    let names: Vec<_> = stages.iter().map(|s| (s.name, s.ok)).collect();
+    assert_eq!(names, [("certificates", true), ("resolve", true), ("tcp connect", true), ("tls handshake", true), ("peer identity", true), ("v2 groups stream", true), ("v2 health check", true)], "{stages:?}");
+    // v2 against a v1 port: no HTTP/2.
+    let stages = probe(&ProbeTarget { protocol: 2, ..t.clone() }).await;
+    assert!(stages.last().is_some_and(|s| !s.ok && s.detail.contains("did not negotiate HTTP/2")), "{stages:?}");
+    b.shutdown().await;
     // Nobody listening: the test stops at the TCP stage with the reason.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let stages = probe(&ProbeTarget { address: closed.to_string(), ..t }).await;
