@@ -23,6 +23,7 @@
 //! * [`error`]: error values for everything that reads bytes from the network.
 
 pub mod bench;
+pub mod certs;
 pub mod codec;
 pub mod config;
 pub mod cot;

@@ -53,6 +53,8 @@ enum BenchCmd {
     Clients(takgate::bench::ClientsArgs),
     /// S senders at full speed to R receivers.
     Fanout(takgate::bench::FanoutArgs),
+    /// Events per second across one federation link (v1 or v2) between two nodes.
+    Federation(takgate::bench::FederationArgs),
     /// Datagram senders into the gateway (UDP port or multicast group), stream receivers out.
     Udp(takgate::bench::UdpArgs),
     /// N idle connections; with --pid, the gateway's resident memory per connection.
@@ -199,6 +201,10 @@ fn main() -> ExitCode {
                     BenchCmd::Fanout(a) => {
                         let json = a.target.json;
                         bench::print(&bench::fanout(a).await?, json);
+                    }
+                    BenchCmd::Federation(a) => {
+                        let json = a.json;
+                        bench::print(&bench::federation(a).await?, json);
                     }
                     BenchCmd::Udp(a) => {
                         let json = a.target.json;

@@ -44,3 +44,14 @@ async fn clients_fanout_udp_multicast_and_idle_scenarios() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_scenario_over_v1_and_v2() {
+    for protocol in ["v1", "v2"] {
+        let f = bench::federation(bench::FederationArgs { protocol: protocol.into(), target: None, receive_target: None, senders: 1, duration: 1.5, rate: Some(5000.0), json: false }).await.unwrap();
+        assert!(f.sent >= 6000, "{protocol}: {f:?}");
+        assert!(f.delivered_pct > 95.0, "{protocol}: paced load crosses the link: {f:?}");
+    }
+    let e = bench::federation(bench::FederationArgs { protocol: "v3".into(), target: None, receive_target: None, senders: 1, duration: 1.0, rate: None, json: false }).await;
+    assert!(e.is_err());
+}

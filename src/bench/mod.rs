@@ -355,6 +355,11 @@ pub struct FanoutSummary {
 }
 
 async fn fanout_once(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, duration: f64) -> (u64, u64) {
+    fanout_paced(dial, rx_dial, senders, receivers, duration, None).await
+}
+
+/// Fanout, with the senders together held to `rate` events/s when given.
+async fn fanout_paced(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, duration: f64, rate: Option<f64>) -> (u64, u64) {
     let live = Arc::new(Live::default());
     let stop_at = Instant::now() + Duration::from_secs_f64(duration + 1.0);
     let measure_from = Instant::now() + Duration::from_secs(1);
@@ -377,7 +382,15 @@ async fn fanout_once(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, 
             let Ok((mut io, _, format)) = dial.connect().await else { return };
             let mut buf = Vec::with_capacity(64 * 1024);
             let mut seq = 0u64;
+            let started = Instant::now();
+            let per_sender = rate.map(|r| r / senders as f64);
             while Instant::now() < stop_at {
+                if let Some(r) = per_sender {
+                    let due = started + Duration::from_secs_f64(seq as f64 / r);
+                    if due > Instant::now() {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                }
                 buf.clear();
                 for _ in 0..32 {
                     format.encode_into(&bench_event(1_000_000 + s, seq, 0, true), &mut buf);
@@ -428,6 +441,106 @@ pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {
         deliveries_per_s: rate,
         baseline_deliveries_per_s: baseline,
         ratio_to_baseline: baseline.map(|b| if b > 0.0 { rate / b } else { 0.0 }),
+    })
+}
+
+/// `federation`: events per second across one federation link. Senders at full speed into
+/// node A, one receiver on node B. Without --target, two takgate nodes are started in this
+/// process, federated over loopback with a fresh CA (the link under test is real: mutual
+/// TLS, v1 frames or v2 gRPC).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FederationArgs {
+    /// v1 or v2.
+    #[arg(long, default_value = "v2")]
+    pub protocol: String,
+    /// Node A's client port (TCP); with --receive-target, run against running gateways.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Node B's client port (TCP).
+    #[arg(long)]
+    pub receive_target: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    pub senders: u32,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Offered load in events/s (all senders together); default: as fast as they can.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FederationSummary {
+    pub scenario: &'static str,
+    pub protocol: String,
+    pub senders: u32,
+    pub duration_s: f64,
+    pub offered_per_s: Option<f64>,
+    pub sent: u64,
+    pub delivered: u64,
+    pub events_per_s: f64,
+    pub delivered_pct: f64,
+}
+
+pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> {
+    let transport = match a.protocol.as_str() {
+        "v1" => "federation-v1",
+        "v2" => "federation-v2",
+        p => return Err(format!("--protocol {p:?}: use v1 or v2")),
+    };
+    let mut nodes = vec![];
+    let (send_to, recv_from) = match (&a.target, &a.receive_target) {
+        (Some(t), Some(r)) => (t.clone(), r.clone()),
+        (None, None) => {
+            let dir = std::env::temp_dir().join(format!("takgate-bench-fed-{}", std::process::id()));
+            let ca = crate::certs::Authority::new(&dir, "takgate bench CA")?;
+            let (ac, ak) = ca.leaf("node-a", &["localhost", "127.0.0.1"])?;
+            let (bc, bk) = ca.leaf("node-b", &["localhost", "127.0.0.1"])?;
+            let node = |id: &str, mode: &str, addr: &str, cert: &std::path::Path, key: &std::path::Path| {
+                format!(
+                    "[node]\nid = \"{id}\"\n[log]\nlevel = \"warn\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nqueue_depth = 65536\n\
+                     [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"{mode}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\nqueue_depth = 65536\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    ca.ca.display(),
+                    cert.display(),
+                    key.display()
+                )
+            };
+            let cfg = |t: String| crate::config::Config::parse(&t).map_err(|e| e.0);
+            let na = crate::runtime::start(&cfg(node("node-a", "listen", "127.0.0.1:0", &ac, &ak))?).await.map_err(|e| e.to_string())?;
+            let fed = na.local_addr("fed").ok_or("node A has no federation address")?;
+            let nb = crate::runtime::start(&cfg(node("node-b", "connect", &fed.to_string(), &bc, &bk))?).await.map_err(|e| e.to_string())?;
+            let (ta, tb) = (na.local_addr("c").ok_or("no client port")?.to_string(), nb.local_addr("c").ok_or("no client port")?.to_string());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while na.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) || nb.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) {
+                if Instant::now() > deadline {
+                    return Err("the two nodes did not federate within 10 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            nodes.push(na);
+            nodes.push(nb);
+            (ta, tb)
+        }
+        _ => return Err("give both --target (node A) and --receive-target (node B), or neither".into()),
+    };
+    eprintln!("federation ({}): {} senders into {send_to}, 1 receiver on {recv_from}, {} s", a.protocol, a.senders, a.duration);
+    let dial = Target { target: send_to, ca: None, cert: None, key: None, server_name: None, proto: false, allow_remote: false, json: a.json }.dial().await?;
+    let rx_dial = Target { target: recv_from, ca: None, cert: None, key: None, server_name: None, proto: false, allow_remote: false, json: a.json }.dial().await?;
+    let (sent, delivered) = fanout_paced(&dial, &rx_dial, a.senders, 1, a.duration, a.rate).await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(FederationSummary {
+        scenario: "federation",
+        protocol: a.protocol.clone(),
+        senders: a.senders,
+        duration_s: a.duration,
+        offered_per_s: a.rate,
+        sent,
+        delivered,
+        events_per_s: delivered as f64 / a.duration,
+        delivered_pct: if sent > 0 { 100.0 * delivered as f64 / sent as f64 } else { 0.0 },
     })
 }
 
