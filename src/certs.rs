@@ -75,7 +75,7 @@ mod tests {
         let der = crate::transport::tls::load_certs(&c).unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
         let sans = format!("{:?}", x.subject_alternative_name().unwrap().unwrap().value.general_names);
-        assert!(sans.contains("localhost") && sans.contains("127.0.0.1"), "{sans}");
+        assert!(sans.contains("DNSName(\"localhost\")") && sans.contains("IPAddress([127, 0, 0, 1])"), "{sans}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

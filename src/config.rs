@@ -144,6 +144,8 @@ pub enum Direction {
 pub struct LinkConfig {
     pub name: String,
     pub transport: Transport,
+    /// A disabled link is checked but not started (default true).
+    pub enabled: Option<bool>,
     /// listen | connect | send. Multicast links always join and send.
     pub mode: Option<Mode>,
     /// Bind address (listen), remote address (connect, send) or group:port (multicast).

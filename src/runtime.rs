@@ -90,6 +90,10 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
     let drain = Duration::from_secs_f64(cfg.router.drain_timeout_secs);
     let mut links = Vec::new();
     for l in &cfg.links {
+        if l.enabled == Some(false) {
+            tracing::info!(link = %l.name, "link disabled: not started");
+            continue;
+        }
         match start_link(l, cfg, &router, &cancel, &tracker, drain).await {
             Ok(s) => links.push(s),
             Err(message) => {

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::certs::Pki;
+use common::py::{args, peer};
 use common::{gateway, pli, seq_of, Client};
 use takgate::cot::{CotEvent, CotTime};
 
@@ -110,6 +111,16 @@ async fn two_nodes_federate(transport: &str, alpha_on_listener: bool) {
         let st = gw.counters("fed").unwrap().snapshot();
         assert_eq!(st.frame_errors + st.decode_errors, 0, "{st:?}");
     }
+    // pytak clients on both sides: what one sends reaches the other across the federation.
+    let (listener, dialer_node) = if alpha_on_listener { (&a, &b) } else { (&b, &a) };
+    let url_l = format!("tcp://{}", listener.local_addr("c").unwrap());
+    let url_d = format!("tcp://{}", dialer_node.local_addr("c").unwrap());
+    let rx = tokio::spawn(peer(args(&format!("--url {url_d} --uid PY-D --callsign PYDIALER --listen 5")), 30.0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tx = peer(args(&format!("--url {url_l} --uid PY-L --callsign PYLISTENER --send 3 --interval 0.05 --listen 1")), 30.0).await;
+    let rx = rx.await.unwrap();
+    assert_eq!(rx.seqs_from("PY-L"), [1, 2, 3], "pytak to pytak across {transport}: {:?} {}", rx.events, rx.stderr);
+    assert_eq!(tx.done.as_ref().unwrap()["sent"], 3, "{}", tx.stderr);
     let dialer = if alpha_on_listener { &b } else { &a };
     let conn = dialer.connection("fed").unwrap();
     assert_eq!((conn.state, conn.connects), ("connected", 1), "{conn:?}");
@@ -206,5 +217,48 @@ async fn staged_connection_test_reports_each_stage() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let stages = probe(&ProbeTarget { address: closed.to_string(), ..t }).await;
     assert_eq!(stages.last().map(|s| (s.name, s.ok)), Some(("tcp connect", false)));
+    a.shutdown().await;
+}
+
+/// Per-federate groups over v2: A sends B only its Cyan traffic, named in
+/// `federateGroups`; B maps Cyan to its Blue group, which only the Blue link receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_outbound_groups_and_group_mapping() {
+    let mut pki = Pki::new("fedgroups");
+    let a = gateway(&fed_listen_on("node-a", &pki, "federation-v2", "127.0.0.1:0", "outbound_groups = [\"Cyan\"]")).await;
+    let mut b_cfg = fed_connect_with("node-b", &mut pki, "federation-v2", a.local_addr("fed").unwrap());
+    b_cfg.push_str("group_mapping = [\"Cyan:Blue\"]\n");
+    b_cfg.push_str("[[link]]\nname = \"blue\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n[link.policy]\ngroups_out = [\"Blue\"]\n");
+    b_cfg.push_str("[[link]]\nname = \"red\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n[link.policy]\ngroups_out = [\"Red\"]\n");
+    let b = gateway(&b_cfg).await;
+    wait_federates_on(&a, "federation-v2", 1).await;
+    wait_federates_on(&b, "federation-v2", 1).await;
+    let mut blue = Client::tcp(b.local_addr("blue").unwrap()).await;
+    let mut red = Client::tcp(b.local_addr("red").unwrap()).await;
+    let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (seq, group) in [(1, "Cyan"), (2, "Red")] {
+        let mut ev = pli(&format!("ANDROID-{group}"), group, seq);
+        ev.detail.xml = format!("<__group name=\"{group}\" role=\"Team Member\"/><remarks>seq={seq}</remarks>");
+        alpha.send(&ev).await;
+    }
+    let on_blue: Vec<_> = blue.drain(Duration::from_millis(1000)).await.iter().filter_map(seq_of).collect();
+    let on_red: Vec<_> = red.drain(Duration::from_millis(300)).await.iter().filter_map(seq_of).collect();
+    assert_eq!(on_blue, [1], "Cyan crosses and maps to Blue; Red is not in A's outbound groups");
+    assert!(on_red.is_empty(), "the Red link does not get B's Blue traffic: {on_red:?}");
+    assert!(a.counters("fed").unwrap().snapshot().filtered >= 1, "the Red event was filtered toward the federate");
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_federation_link_does_not_connect() {
+    let mut pki = Pki::new("feddisabled");
+    let a = gateway(&fed_listen_on("node-a", &pki, "federation-v2", "127.0.0.1:0", "")).await;
+    let cfg = fed_connect_with("node-b", &mut pki, "federation-v2", a.local_addr("fed").unwrap()).replace("name = \"fed\"\n", "name = \"fed\"\nenabled = false\n");
+    let b = gateway(&cfg).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(b.connection("fed").is_none() && a.router().stats().await.iter().all(|s| s.transport != "federation-v2"));
+    b.shutdown().await;
     a.shutdown().await;
 }

@@ -324,3 +324,61 @@ pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cot::CotTime;
+
+    fn msg(fed: Option<FedMeta>, group: Option<&str>) -> Message {
+        let mut ev = CotEvent::new("ANDROID-1", "a-f-G-U-C", "m-g", CotTime(1_700_000_000_000), 60);
+        ev.detail.xml = match group {
+            Some(g) => format!(r#"<contact callsign="ONE"/><__group name="{g}" role="x"/>"#),
+            None => r#"<contact callsign="ONE"/>"#.into(),
+        };
+        let mut m = Message::new(ev, 1);
+        m.from_federate = fed.is_some();
+        m.fed = fed.map(Box::new);
+        m
+    }
+
+    fn out(m: &Message, s: &FedSettings) -> Vec<FederatedEvent> {
+        let mut v = vec![];
+        federated_for(m, s, &mut HashSet::new(), |fe| v.push(fe));
+        v
+    }
+
+    #[test]
+    fn provenance_and_hops_are_stamped_and_carried() {
+        let mut s = FedSettings::new("fed", "me", PeerPolicy::open());
+        s.max_hops = 5;
+        let local = out(&msg(None, None), &s);
+        assert_eq!(local.len(), 2, "contact CREATE, then the event");
+        let ev = &local[1];
+        assert_eq!(ev.federate_provenance.iter().map(|p| p.federation_server_id.as_str()).collect::<Vec<_>>(), ["me"]);
+        assert_eq!(ev.federate_hops, Some(FederateHops { max_hops: 5, current_hops: 1 }));
+        // Relayed: the incoming provenance is kept, hops go on, the stricter limit wins.
+        let relayed = out(&msg(Some(FedMeta { provenance: vec!["other".into()], hops: 2, max_hops: 3, groups: vec![] }), None), &s);
+        let ev = relayed.last().unwrap();
+        assert_eq!(ev.federate_provenance.iter().map(|p| p.federation_server_id.as_str()).collect::<Vec<_>>(), ["other", "me"]);
+        assert_eq!(ev.federate_hops, Some(FederateHops { max_hops: 3, current_hops: 3 }));
+        assert_eq!((min_limit(-1, 4), min_limit(4, -1), min_limit(-1, -1), min_limit(2, 7)), (4, 4, -1, 2));
+    }
+
+    #[test]
+    fn outbound_groups_filter_and_name_the_groups() {
+        let mut s = FedSettings::new("fed", "me", PeerPolicy::open());
+        s.outbound_groups = PatternList::new(&["Cyan".to_string(), "__ANON__".to_string()]).unwrap();
+        s.outbound_group_names = vec!["Cyan".into(), "__ANON__".into()];
+        assert_eq!(out(&msg(None, Some("Cyan")), &s).last().unwrap().federate_groups, ["Cyan"]);
+        assert!(out(&msg(None, Some("Red")), &s).is_empty());
+        assert_eq!(out(&msg(None, None), &s).last().unwrap().federate_groups, ["__ANON__"]);
+        // A federate's groups stand in for the __group name.
+        let fed = msg(Some(FedMeta { groups: vec!["Cyan".into()], ..Default::default() }), Some("Red"));
+        assert_eq!(out(&fed, &s).last().unwrap().federate_groups, ["Cyan"]);
+        s.group_mapping = vec![("A".into(), "Blue".into()), ("B".into(), "Blue".into())];
+        s.inbound_groups = vec!["Fallback".into()];
+        assert_eq!(inbound_groups(&["A".into(), "B".into()], &s), ["Blue"]);
+        assert_eq!(inbound_groups(&["C".into()], &s), ["Fallback"]);
+    }
+}
