@@ -1,20 +1,21 @@
--- takgate store schema (SQLite, WAL). Versioned and idempotent: the store applies it at
--- start and records the version in PRAGMA user_version. Not applied by any code yet: the
--- store (missions and durable outbound queue) is the next step after federation.
-PRAGMA journal_mode = WAL;
+-- takgate store schema (SQLite, WAL). Applied by the store at start (src/store.rs): every
+-- statement is idempotent, and the version is recorded in PRAGMA user_version; a store
+-- written by a newer takgate is refused rather than guessed at.
 PRAGMA foreign_keys = ON;
 
--- Federation peers, from the config file or the admin API.
+-- Federation peers: from the config file (source 'config', reconciled at start), the admin
+-- API (source 'api'), or first seen connecting to a listener (source 'inbound').
 CREATE TABLE IF NOT EXISTS federation_servers (
     id              INTEGER PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE,
     description     TEXT NOT NULL DEFAULT '',
+    -- Inbound federates: their certificate fingerprint (how a returning federate is known).
     node_id         TEXT,
-    address         TEXT NOT NULL,
-    port            INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
-    direction       TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound', 'both')),
+    address         TEXT NOT NULL DEFAULT '',
+    port            INTEGER NOT NULL DEFAULT 0 CHECK (port BETWEEN 0 AND 65535),
+    direction       TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
     protocol        TEXT NOT NULL CHECK (protocol IN ('v1', 'v2')),
-    transport       TEXT NOT NULL DEFAULT 'tls' CHECK (transport IN ('tls', 'tcp')),
+    transport       TEXT NOT NULL DEFAULT 'tls' CHECK (transport IN ('tls')),
     ca_path         TEXT,
     cert_path       TEXT,
     key_path        TEXT,
@@ -24,22 +25,32 @@ CREATE TABLE IF NOT EXISTS federation_servers (
     last_connected  TEXT,
     last_error      TEXT,
     sync_missions   INTEGER NOT NULL DEFAULT 1,
-    sync_cot        INTEGER NOT NULL DEFAULT 0,
+    sync_cot        INTEGER NOT NULL DEFAULT 1,
     -- JSON array of wildcard patterns; NULL: every mission; []: none.
     mission_filter  TEXT,
-    source          TEXT NOT NULL DEFAULT 'api' CHECK (source IN ('config', 'api')),
+    -- The configured link it belongs to.
+    link            TEXT NOT NULL DEFAULT '',
+    source          TEXT NOT NULL DEFAULT 'api' CHECK (source IN ('config', 'api', 'inbound')),
     created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
 CREATE TABLE IF NOT EXISTS missions (
     name            TEXT PRIMARY KEY,
-    guid            TEXT UNIQUE,
+    guid            TEXT NOT NULL DEFAULT '',
     description     TEXT NOT NULL DEFAULT '',
-    creator_uid     TEXT,
+    creator_uid     TEXT NOT NULL DEFAULT '',
     tool            TEXT NOT NULL DEFAULT 'public',
-    created_at      TEXT NOT NULL,
+    created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     deleted_at      TEXT
+);
+
+-- CoT items (uids) in a mission.
+CREATE TABLE IF NOT EXISTS mission_items (
+    mission_name    TEXT NOT NULL,
+    uid             TEXT NOT NULL,
+    added_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (mission_name, uid)
 );
 
 CREATE TABLE IF NOT EXISTS mission_changes (
@@ -47,32 +58,35 @@ CREATE TABLE IF NOT EXISTS mission_changes (
     mission_name        TEXT NOT NULL,
     change_type         TEXT NOT NULL CHECK (change_type IN (
                             'CREATE_MISSION', 'DELETE_MISSION', 'ADD_CONTENT', 'REMOVE_CONTENT',
-                            'CHANGE', 'KEYWORD', 'METADATA', 'EXTERNAL_DATA', 'LOG', 'ROLE', 'INVITE')),
-    content_uid         TEXT,
-    content_hash        TEXT,
-    creator_uid         TEXT,
-    timestamp           TEXT NOT NULL,
+                            'CREATE_DATA_FEED', 'DELETE_DATA_FEED', 'CHANGE')),
+    -- '' rather than NULL, so the uniqueness below holds (NULLs are all distinct in SQLite).
+    content_uid         TEXT NOT NULL DEFAULT '',
+    content_hash        TEXT NOT NULL DEFAULT '',
+    creator_uid         TEXT NOT NULL DEFAULT '',
+    -- When the change happened (ms since the epoch), as the origin stamped it.
+    ts_ms               INTEGER NOT NULL,
     received_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     is_federated_change INTEGER NOT NULL DEFAULT 0,
     origin_federate     TEXT,
-    -- The change as announced (t-x-m-c detail or ROL program), for replay.
-    body                TEXT NOT NULL DEFAULT '',
+    -- The CoT event the change is about (XML), sent with ADD_CONTENT as TAK Server does.
+    cot_xml             TEXT NOT NULL DEFAULT '',
     -- Each change is recorded once.
-    UNIQUE (mission_name, change_type, content_uid, content_hash, timestamp)
+    UNIQUE (mission_name, change_type, content_uid, content_hash, ts_ms)
 );
 CREATE INDEX IF NOT EXISTS mission_changes_by_mission ON mission_changes (mission_name, id);
 
--- What each federate still has to receive, in order per mission.
+-- What each federate still has to receive, in order (per mission, and overall).
 CREATE TABLE IF NOT EXISTS outbound_queue (
     id              INTEGER PRIMARY KEY,
     server_id       INTEGER NOT NULL REFERENCES federation_servers (id) ON DELETE CASCADE,
     change_id       INTEGER NOT NULL REFERENCES mission_changes (id) ON DELETE CASCADE,
     attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT,
+    created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     delivered_at    TEXT,
     UNIQUE (server_id, change_id)
 );
-CREATE INDEX IF NOT EXISTS outbound_pending ON outbound_queue (server_id, delivered_at, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbound_pending ON outbound_queue (server_id, delivered_at, id);
 
 PRAGMA user_version = 1;

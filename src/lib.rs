@@ -32,4 +32,5 @@ pub mod error;
 pub mod federation;
 pub mod router;
 pub mod runtime;
+pub mod store;
 pub mod transport;
