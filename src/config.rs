@@ -18,8 +18,37 @@ pub struct Config {
     pub router: RouterConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub missions: MissionsConfig,
     #[serde(default, rename = "link")]
     pub links: Vec<LinkConfig>,
+}
+
+/// Where missions, federation servers and the outbound queue are kept.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite file (created if missing). Absent: kept in memory, lost at exit.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MissionsConfig {
+    /// A federate seen for the first time gets the local mission changes of this many hours
+    /// (TAK Server: 12).
+    pub replay_hours: f64,
+    /// Apply DELETE_MISSION and REMOVE_CONTENT received from federates (TAK Server's
+    /// allowFederatedDelete, default false).
+    pub allow_federated_delete: bool,
+}
+
+impl Default for MissionsConfig {
+    fn default() -> Self {
+        MissionsConfig { replay_hours: 12.0, allow_federated_delete: false }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +344,12 @@ impl Config {
         }
         if self.router.queue_depth == 0 {
             return Err(ConfigError("router.queue_depth: must be at least 1".into()));
+        }
+        if !(self.missions.replay_hours.is_finite() && self.missions.replay_hours >= 0.0) {
+            return Err(ConfigError("missions.replay_hours: must be 0 or more".into()));
+        }
+        if self.store.path.as_deref() == Some("") {
+            return Err(ConfigError("store.path: empty (leave it out to keep the store in memory)".into()));
         }
         if !(self.router.dedup_window_secs >= 0.0) {
             return Err(ConfigError("router.dedup_window_secs: must be >= 0".into()));

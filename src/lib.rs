@@ -30,6 +30,7 @@ pub mod cot;
 pub mod cotcmd;
 pub mod error;
 pub mod federation;
+pub mod missions;
 pub mod router;
 pub mod runtime;
 pub mod store;

@@ -35,6 +35,11 @@ enum Cmd {
         #[command(subcommand)]
         scenario: BenchCmd,
     },
+    /// Missions in the store.
+    Missions {
+        #[command(subcommand)]
+        cmd: MissionsCmd,
+    },
     /// Federation tools.
     Federation {
         #[command(subcommand)]
@@ -67,7 +72,37 @@ enum BenchCmd {
 }
 
 #[derive(Subcommand)]
+enum MissionsCmd {
+    /// Every mission: items, changes, creator.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A mission's changes, oldest first.
+    Changes {
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum FederationCmd {
+    /// The outbound mission-change queue: totals per federate, then pending items (oldest
+    /// first) with attempts and the last error.
+    Queue {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Pending items to list (0: totals only).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Staged connection test of a federation peer: resolve, TCP, TLS, identity, then the
     /// protocol (v1: first frame; v2: SERVING on the groups stream and a health check).
     Test {
@@ -259,6 +294,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::Missions { cmd } => match store_report(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("takgate missions: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Federation { cmd: FederationCmd::Queue { config, limit, json } } => match queue_report(config, limit, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("takgate federation queue: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Config { cmd: ConfigCmd::Default } => {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
@@ -330,4 +379,75 @@ fn probe_target(target: &str, config: Option<PathBuf>, protocol: Option<String>,
         listen: std::time::Duration::from_secs(listen),
         protocol,
     })
+}
+
+/// The store named by the configuration's `[store] path`.
+fn open_store(config: Option<PathBuf>) -> Result<takgate::store::Store, String> {
+    let cfg = match &config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default_config(),
+    };
+    let path = cfg.store.path.ok_or_else(|| format!("{} has no [store] path: the gateway keeps missions in memory, so there is nothing to read", config.map(|p| p.display().to_string()).unwrap_or("the embedded configuration".into())))?;
+    if !std::path::Path::new(&path).exists() {
+        return Err(format!("{path}: no store yet (the gateway creates it when it starts)"));
+    }
+    takgate::store::Store::open(&path).map_err(|e| e.0)
+}
+
+fn ms_text(ms: i64) -> String {
+    let mut v = Vec::new();
+    takgate::cot::CotTime(ms).write_to(&mut v);
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn store_report(cmd: MissionsCmd) -> Result<(), String> {
+    match cmd {
+        MissionsCmd::List { config, json } => {
+            let m = open_store(config)?.missions().map_err(|e| e.0)?;
+            if json {
+                println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            } else {
+                println!("{:<24} {:>6} {:>8}  {:<10} {:<24} {}", "MISSION", "ITEMS", "CHANGES", "TOOL", "CREATED", "STATE");
+                for x in &m {
+                    println!("{:<24} {:>6} {:>8}  {:<10} {:<24} {}", x.name, x.items, x.changes, x.tool, x.created_at, if x.deleted_at.is_some() { "deleted" } else { "active" });
+                }
+            }
+        }
+        MissionsCmd::Changes { name, config, json } => {
+            let c = open_store(config)?.changes(&name).map_err(|e| e.0)?;
+            if json {
+                println!("{}", serde_json::to_string(&c).unwrap_or_default());
+            } else {
+                println!("{:>6}  {:<24} {:<15} {:<36} {:<10} {}", "ID", "WHEN", "TYPE", "CONTENT", "FEDERATED", "CREATOR");
+                for x in &c {
+                    let content = if x.content_uid.is_empty() { &x.content_hash } else { &x.content_uid };
+                    let fed = if x.is_federated { x.origin_federate.clone().unwrap_or("yes".into()) } else { "no".into() };
+                    println!("{:>6}  {:<24} {:<15} {:<36} {:<10} {}", x.id, ms_text(x.ts_ms), x.change_type, content, fed, x.creator_uid);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn queue_report(config: Option<PathBuf>, limit: usize, json: bool) -> Result<(), String> {
+    let store = open_store(config)?;
+    let stats = store.queue_stats().map_err(|e| e.0)?;
+    let pending = if limit > 0 { store.all_pending(limit).map_err(|e| e.0)? } else { vec![] };
+    if json {
+        println!("{}", serde_json::json!({"servers": stats, "pending": pending}));
+        return Ok(());
+    }
+    println!("{:<28} {:>7} {:>7} {:>8} {:>7}  {:<24} {}", "FEDERATE", "TOTAL", "SENT", "PENDING", "FAILED", "OLDEST PENDING", "LAST ERROR");
+    for s in &stats {
+        println!("{:<28} {:>7} {:>7} {:>8} {:>7}  {:<24} {}", s.server, s.total, s.sent, s.pending, s.failed, s.oldest_pending.as_deref().unwrap_or("-"), s.last_error.as_deref().unwrap_or("-"));
+    }
+    if !pending.is_empty() {
+        println!();
+        println!("{:<28} {:>6} {:<24} {:<15} {:<24} {:>8}  {}", "FEDERATE", "QUEUE", "QUEUED", "TYPE", "MISSION", "ATTEMPTS", "CONTENT / LAST ERROR");
+        for p in &pending {
+            println!("{:<28} {:>6} {:<24} {:<15} {:<24} {:>8}  {}{}", p.server, p.queue_id, p.created_at, p.change.change_type, p.change.mission, p.attempts, p.change.content_uid, p.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
+        }
+    }
+    Ok(())
 }

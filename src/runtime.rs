@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{WireFormat, DEFAULT_MAX_EVENT};
 use crate::config::{Config, LinkConfig, Mode, SendFormat, Transport};
+use crate::missions::Missions;
 use crate::router::{LinkCounters, PeerPolicy, Router, RouterHandle};
+use crate::store::Store;
 use crate::transport::datagram::{self, DatagramSettings, MulticastOptions};
 use crate::transport::stream::{Role, StreamSettings};
 use crate::transport::tcp::{self, Backoff, Security};
@@ -44,6 +46,8 @@ pub struct LinkStatus {
 /// A running gateway.
 pub struct Gateway {
     router: RouterHandle,
+    store: Arc<Store>,
+    missions: Arc<Missions>,
     links: Vec<LinkStatus>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -53,6 +57,12 @@ pub struct Gateway {
 impl Gateway {
     pub fn router(&self) -> &RouterHandle {
         &self.router
+    }
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+    pub fn missions(&self) -> &Arc<Missions> {
+        &self.missions
     }
     pub fn links(&self) -> &[LinkStatus] {
         &self.links
@@ -88,13 +98,21 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let drain = Duration::from_secs_f64(cfg.router.drain_timeout_secs);
+    let store_path = cfg.store.path.clone().unwrap_or_else(|| ":memory:".into());
+    let store = Arc::new(Store::open(&store_path).map_err(|e| StartError { link: "store".into(), message: e.0 })?);
+    if cfg.store.path.is_none() {
+        tracing::info!("missions and the federation queue are kept in memory: set [store] path to keep them across restarts");
+    }
+    let missions = Missions::start(store.clone(), router.clone(), Duration::from_secs_f64(cfg.missions.replay_hours * 3600.0), cfg.missions.allow_federated_delete, cancel.clone()).await;
+    let mut all: Vec<LinkConfig> = cfg.links.clone();
+    all.extend(reconcile_servers(cfg, &missions).map_err(|message| StartError { link: "store".into(), message })?);
     let mut links = Vec::new();
-    for l in &cfg.links {
+    for l in &all {
         if l.enabled == Some(false) {
             tracing::info!(link = %l.name, "link disabled: not started");
             continue;
         }
-        match start_link(l, cfg, &router, &cancel, &tracker, drain).await {
+        match start_link(l, cfg, &router, &missions, &cancel, &tracker, drain).await {
             Ok(s) => links.push(s),
             Err(message) => {
                 cancel.cancel();
@@ -102,10 +120,79 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
             }
         }
     }
-    Ok(Gateway { router, links, cancel, tracker, drain })
+    Ok(Gateway { router, store, missions, links, cancel, tracker, drain })
 }
 
-async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel: &CancellationToken, tracker: &TaskTracker, drain: Duration) -> Result<LinkStatus, String> {
+/// Brings the store's federation servers in line with the configuration: every outgoing
+/// federation link of the file is a server (source `config`; the file wins over a row of the
+/// same name), config rows no longer in the file are removed, and enabled outgoing servers
+/// added through the admin API (source `api`) are returned as links to start.
+fn reconcile_servers(cfg: &Config, missions: &Missions) -> Result<Vec<LinkConfig>, String> {
+    let store = &missions.store;
+    let mut keep = vec![];
+    for l in cfg.links.iter().filter(|l| l.transport.is_federation() && l.mode() == Mode::Connect) {
+        let (host, port) = l.address.rsplit_once(':').map(|(h, p)| (h.trim_matches(['[', ']']).to_owned(), p.parse().unwrap_or(0))).unwrap_or((l.address.clone(), 0));
+        let policy = PeerPolicy::new(&l.policy, false)?;
+        let row = crate::store::Server {
+            name: l.name.clone(),
+            address: host,
+            port,
+            direction: "outbound".into(),
+            protocol: if l.transport == Transport::FederationV2 { "v2" } else { "v1" }.into(),
+            ca_path: l.ca.as_ref().map(|p| p.display().to_string()),
+            cert_path: l.cert.as_ref().map(|p| p.display().to_string()),
+            key_path: l.key.as_ref().map(|p| p.display().to_string()),
+            verify_ssl: true,
+            enabled: l.enabled != Some(false),
+            sync_missions: policy.sync_missions,
+            sync_cot: policy.sync_cot,
+            mission_filter: policy.mission_filter_patterns(),
+            link: l.name.clone(),
+            source: "config".into(),
+            ..Default::default()
+        };
+        let (id, new) = store.upsert_server(&row).map_err(|e| e.0)?;
+        if new {
+            missions.replay_for(id).map_err(|e| e.0)?;
+        }
+        keep.push(l.name.clone());
+    }
+    let gone = store.remove_stale_config_servers(&keep).map_err(|e| e.0)?;
+    if gone > 0 {
+        tracing::info!(removed = gone, "federation servers no longer in the configuration were removed from the store");
+    }
+    let mut extra = vec![];
+    for s in store.servers().map_err(|e| e.0)? {
+        if s.source != "api" || s.direction != "outbound" || cfg.links.iter().any(|l| l.name == s.name) {
+            continue;
+        }
+        let mut t = toml::Table::new();
+        t.insert("name".into(), s.name.clone().into());
+        t.insert("transport".into(), if s.protocol == "v2" { "federation-v2" } else { "federation-v1" }.into());
+        t.insert("mode".into(), "connect".into());
+        t.insert("address".into(), format!("{}:{}", if s.address.contains(':') { format!("[{}]", s.address) } else { s.address.clone() }, s.port).into());
+        t.insert("enabled".into(), s.enabled.into());
+        for (k, v) in [("ca", &s.ca_path), ("cert", &s.cert_path), ("key", &s.key_path)] {
+            if let Some(v) = v {
+                t.insert(k.into(), v.clone().into());
+            }
+        }
+        let mut p = toml::Table::new();
+        p.insert("sync_missions".into(), s.sync_missions.into());
+        p.insert("sync_cot".into(), s.sync_cot.into());
+        if let Some(f) = &s.mission_filter {
+            p.insert("mission_filter".into(), toml::Value::Array(f.iter().map(|x| x.clone().into()).collect()));
+        }
+        t.insert("policy".into(), p.into());
+        match t.try_into::<LinkConfig>() {
+            Ok(l) => extra.push(l),
+            Err(e) => tracing::error!(server = %s.name, "federation server from the store not started: {e}"),
+        }
+    }
+    Ok(extra)
+}
+
+async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, missions: &Arc<Missions>, cancel: &CancellationToken, tracker: &TaskTracker, drain: Duration) -> Result<LinkStatus, String> {
     let mode = l.mode();
     let counters = Arc::new(LinkCounters::default());
     let connect = mode == Mode::Connect;
@@ -182,7 +269,8 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, cancel:
             let session: tcp::SessionFn = {
                 let router = router.clone();
                 if v2 {
-                    let server = crate::federation::v2::Shared::new(settings, router);
+                    let server_id = if connect { missions.store.server_by_name(&l.name).ok().flatten().map(|s| s.id) } else { None };
+                    let server = crate::federation::v2::Shared::new(settings, router, Some(missions.clone()), server_id);
                     if connect {
                         *server.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.status.clone());
                         Arc::new(move |io, remote, id, cancel| Box::pin(crate::federation::v2::run_client(io, remote, id, server.clone(), cancel)))

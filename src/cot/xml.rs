@@ -413,6 +413,12 @@ pub fn find_attr(xml: &str, elem: &str, attr: &str) -> Option<String> {
 
 /// Appends `v` to `out` escaped for a double-quoted attribute (newlines and tabs as
 /// character references, so they survive attribute-value normalisation).
+/// Text content with its character and entity references resolved (as written; on a bad
+/// reference, the raw text).
+pub fn unescape_text(raw: &str) -> String {
+    quick_xml::escape::unescape(raw).map(|c| c.into_owned()).unwrap_or_else(|_| raw.to_owned())
+}
+
 pub fn escape_attr(v: &str, out: &mut Vec<u8>) {
     let bytes = v.as_bytes();
     let mut last = 0;

@@ -40,6 +40,7 @@ use super::fig::federated_channel_server::{FederatedChannel, FederatedChannelSer
 use super::fig::{client_health, identity, server_health, BinaryBlob, ClientHealth, Empty, FederateGroups, FederateHops, FederateProvenance, FederateTokenResponse, FederatedEvent, Identity, Rol, ServerHealth, Subscription, TakServerVersion};
 use super::link::{admit, federated_for, receive, FedSettings};
 use crate::config::Overflow;
+use crate::missions::{Missions, OutRol};
 use crate::router::{LinkCounters, Message, PeerIdentity, PeerInfo, RouterHandle};
 use crate::transport::tcp::{ConnStatus, Io};
 
@@ -58,7 +59,11 @@ pub struct Shared {
     /// Server role: the connection holding each federate's (by fingerprint) event stream.
     active: Mutex<HashMap<String, u64>>,
     /// Open outbound ROL streams, by connection.
-    rol_out: Mutex<HashMap<u64, mpsc::Sender<Rol>>>,
+    rol_out: Mutex<HashMap<u64, mpsc::Sender<OutRol>>>,
+    /// The mission store: received ROL is applied to it, and its queue is delivered.
+    pub missions: Option<Arc<Missions>>,
+    /// Client role: this link's federation server row.
+    pub server_id: Option<i64>,
     serial: AtomicU64,
     rol_handler: Mutex<Option<RolHandler>>,
     /// Client role: the connector's status, where session failures are recorded.
@@ -72,8 +77,8 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn new(s: Arc<FedSettings>, router: RouterHandle) -> Arc<Shared> {
-        Arc::new(Shared { s, router, active: Mutex::default(), rol_out: Mutex::default(), serial: AtomicU64::new(1), rol_handler: Mutex::new(None), status: Mutex::new(None) })
+    pub fn new(s: Arc<FedSettings>, router: RouterHandle, missions: Option<Arc<Missions>>, server_id: Option<i64>) -> Arc<Shared> {
+        Arc::new(Shared { s, router, active: Mutex::default(), rol_out: Mutex::default(), missions, server_id, serial: AtomicU64::new(1), rol_handler: Mutex::new(None), status: Mutex::new(None) })
     }
 
     /// Where received ROL goes (default: counted and logged).
@@ -84,19 +89,22 @@ impl Shared {
     /// Sends a ROL to every federate session with an open outbound ROL stream; returns how
     /// many took it.
     pub fn send_rol(&self, rol: &Rol) -> usize {
-        lock(&self.rol_out).values().filter(|tx| tx.try_send(rol.clone()).is_ok()).count()
+        lock(&self.rol_out).values().filter(|tx| tx.try_send(OutRol { rol: rol.clone(), written: None }).is_ok()).count()
     }
 
-    fn handle_rol(&self, from: &str, rol: Rol) {
+    async fn handle_rol(&self, from: &str, rol: Rol) {
         if rol.federate_provenance.iter().any(|p| p.federation_server_id == self.s.node_id) {
             LinkCounters::inc(&self.s.counters.loops);
             return;
         }
         LinkCounters::inc(&self.s.counters.events_in);
+        if let Some(m) = &self.missions {
+            let r = m.apply_rol(from, &rol).await;
+            tracing::debug!(link = %self.s.link, federate = from, program = rol.program.lines().next().unwrap_or(""), result = ?r, "ROL applied");
+        }
         let h = lock(&self.rol_handler).clone();
-        match h {
-            Some(h) => h(from, rol),
-            None => tracing::debug!(link = %self.s.link, federate = from, program = rol.program.lines().next().unwrap_or(""), "ROL received (no mission store)"),
+        if let Some(h) = h {
+            h(from, rol);
         }
     }
 
@@ -266,7 +274,7 @@ fn then_hold<T: Send + 'static>(items: Vec<T>, until: CancellationToken) -> Out<
 }
 
 /// Outbound ROL for one session, stamped with our provenance.
-fn rol_stream(rx: mpsc::Receiver<Rol>, sh: Arc<Shared>, stop: CancellationToken, expired: Option<Arc<AtomicBool>>) -> impl Stream<Item = Result<Rol, Status>> + Send + 'static {
+fn rol_stream(rx: mpsc::Receiver<OutRol>, sh: Arc<Shared>, stop: CancellationToken, expired: Option<Arc<AtomicBool>>) -> impl Stream<Item = Result<Rol, Status>> + Send + 'static {
     futures_util::stream::unfold((false, rx, sh, stop, expired), |(done, mut rx, sh, stop, expired)| async move {
         if done {
             return None;
@@ -280,9 +288,13 @@ fn rol_stream(rx: mpsc::Receiver<Rol>, sh: Arc<Shared>, stop: CancellationToken,
                 None
             }
             r = rx.recv() => {
-                let r = r?;
-                let r = sh.stamp_rol(r);
-                Some((Ok(r), (false, rx, sh, stop, expired)))
+                let OutRol { rol, written } = r?;
+                // The stream takes it now: the queue item counts as delivered.
+                if let Some(w) = written {
+                    w();
+                }
+                LinkCounters::inc(&sh.s.counters.events_out);
+                Some((Ok(sh.stamp_rol(rol)), (false, rx, sh, stop, expired)))
             }
         }
     })
@@ -472,9 +484,17 @@ impl FederatedChannel for Conn {
         if let Some(old) = lock(&self.st).rol.replace(token.clone()) {
             old.cancel();
         }
-        let (tx, rx) = mpsc::channel(4096);
-        lock(&self.sh.rol_out).insert(self.serial, tx);
+        let (tx, rx) = mpsc::channel(256);
+        lock(&self.sh.rol_out).insert(self.serial, tx.clone());
         tracing::info!(link = %self.sh.s.link, remote = %self.remote, federate = %name, "federate subscribed to ROL");
+        if let Some(m) = &self.sh.missions {
+            match m.inbound_server(&self.sh.s.link, &self.identity.fingerprint, &self.identity.federate_name(), &self.sh.s.policy) {
+                Ok(server_id) => {
+                    tokio::spawn(m.clone().deliver(server_id, tx, token.clone()));
+                }
+                Err(e) => tracing::error!(link = %self.sh.s.link, "mission queue unavailable for {name}: {e}"),
+            }
+        }
         Ok(Response::new(Box::pin(rol_stream(rx, self.sh.clone(), token, Some(self.expired.clone())))))
     }
 
@@ -482,8 +502,8 @@ impl FederatedChannel for Conn {
     async fn server_rol_stream(&self, request: Request<Streaming<Rol>>) -> Result<Response<Self::ServerROLStreamStream>, Status> {
         let (sh, name) = (self.sh.clone(), self.name());
         self.consume(request.into_inner(), "ServerROLStream", move |r: Rol| {
-            sh.handle_rol(&name, r);
-            Box::pin(async {})
+            let (sh, name) = (sh.clone(), name.clone());
+            Box::pin(async move { sh.handle_rol(&name, r).await })
         });
         Ok(Response::new(then_hold(vec![self.reply()], self.session.clone())))
     }
@@ -749,8 +769,8 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
         });
     }
     // 4. ServerROLStream for what we send.
-    let (rol_tx, rol_rx) = mpsc::channel::<Rol>(4096);
-    lock(&sh.rol_out).insert(serial, rol_tx);
+    let (rol_tx, rol_rx) = mpsc::channel::<OutRol>(256);
+    lock(&sh.rol_out).insert(serial, rol_tx.clone());
     let rol_out = rol_stream(rol_rx, sh.clone(), session.clone(), None).filter_map(|r| std::future::ready(r.ok()));
     spawn_call("ServerROLStream", { let mut c = client.clone(); async move { c.server_rol_stream(rol_out).await } }, ev_tx.clone(), session.clone(), false);
 
@@ -790,7 +810,7 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
                 Err(st) => return Err(describe("ClientEventStream", &st)),
             },
             m = next(&mut rol_in) => match m {
-                Ok(Some(r)) => sh.handle_rol(remote, r),
+                Ok(Some(r)) => sh.handle_rol(remote, r).await,
                 Ok(None) => return Err("ClientROLStream was ended by the server".into()),
                 Err(st) => return Err(describe("ClientROLStream", &st)),
             },
@@ -800,6 +820,11 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
                         healthy = true;
                         tracing::info!(link = %s.link, %remote, "federation v2: first health check SERVING");
                         rol_in = Some(client.client_rol_stream(plain.clone()).await.map_err(|st| describe("ClientROLStream", &st))?.into_inner());
+                        // As TAK's client: queued and replayed mission changes go after the
+                        // first healthy check.
+                        if let (Some(m), Some(id)) = (&sh.missions, sh.server_id) {
+                            tokio::spawn(m.clone().deliver(id, rol_tx.clone(), session.clone()));
+                        }
                     }
                 }
                 Ev::Health(Ok(st)) => {

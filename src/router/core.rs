@@ -187,6 +187,8 @@ enum Cmd {
     Contact { uid: String, callsign: String, link: LinkId },
     /// A contact that left (federation contact DELETE).
     Forget { uid: String, link: LinkId },
+    /// Where mission traffic is also copied (the mission store), and its own id.
+    Tap(mpsc::Sender<Arc<Message>>, LinkId),
 }
 
 /// A cheap, cloneable handle to the router actor.
@@ -233,6 +235,10 @@ impl RouterHandle {
     pub async fn forget_contact(&self, uid: String, link: LinkId) {
         let _ = self.tx.send(Cmd::Forget { uid, link }).await;
     }
+    /// Copies mission traffic (facts.is_mission) to `tx`, except what `id` itself routed.
+    pub async fn set_mission_tap(&self, tx: mpsc::Sender<Arc<Message>>, id: LinkId) {
+        let _ = self.tx.send(Cmd::Tap(tx, id)).await;
+    }
     pub async fn stats(&self) -> Vec<PeerStats> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Stats(tx)).await.is_err() {
@@ -262,6 +268,8 @@ pub struct Router {
     last_sweep: Instant,
     hasher: RandomState,
     counters: Arc<RouterCounters>,
+    /// Mission traffic is copied here (except what the tap itself routed).
+    tap: Option<(mpsc::Sender<Arc<Message>>, LinkId)>,
 }
 
 impl Router {
@@ -280,6 +288,7 @@ impl Router {
             last_sweep: Instant::now(),
             hasher: RandomState::new(),
             counters: counters.clone(),
+            tap: None,
         };
         tokio::spawn(router.run(rx));
         RouterHandle { tx, next_id: Arc::new(AtomicU64::new(1)), node_id: node_id.into(), counters }
@@ -311,6 +320,7 @@ impl Router {
                             self.by_uid.remove(&uid);
                         }
                     }
+                    Cmd::Tap(tx, id) => self.tap = Some((tx, id)),
                 }
             }
         }
@@ -369,6 +379,13 @@ impl Router {
                 LinkCounters::inc(&p.info.counters.duplicates);
             }
             return;
+        }
+        if m.facts.is_mission {
+            if let Some((tap, id)) = &self.tap {
+                if m.origin != *id && tap.try_send(m.clone()).is_err() {
+                    tracing::warn!(uid = %m.event.uid, "mission store is behind: a mission event was not recorded");
+                }
+            }
         }
         // Learn where contacts live from their position reports.
         if m.event.cot_type.starts_with("a-") {

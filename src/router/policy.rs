@@ -16,6 +16,8 @@ pub struct PeerPolicy {
     pub sync_missions: bool,
     /// None: every mission; Some(empty): none.
     pub mission_filter: Option<PatternList>,
+    /// The mission filter as configured (for the store's federation servers).
+    mission_filter_src: Option<Vec<String>>,
     types_allow: PatternList,
     types_deny: PatternList,
     uids_allow: PatternList,
@@ -42,6 +44,7 @@ impl PeerPolicy {
             sync_cot: c.sync_cot.unwrap_or(true),
             sync_missions: c.sync_missions.unwrap_or(true),
             mission_filter: c.mission_filter.as_ref().map(|m| PatternList::new(m)).transpose()?,
+            mission_filter_src: c.mission_filter.clone(),
             types_allow: PatternList::new(&c.types_allow)?,
             types_deny: PatternList::new(&c.types_deny)?,
             uids_allow: PatternList::new(&c.uids_allow)?,
@@ -71,6 +74,11 @@ impl PeerPolicy {
     /// Everything allowed, both ways.
     pub fn open() -> PeerPolicy {
         PeerPolicy::new(&PolicyConfig::default(), false).unwrap_or_default()
+    }
+
+    /// The configured mission filter patterns (None: every mission).
+    pub fn mission_filter_patterns(&self) -> Option<Vec<String>> {
+        self.mission_filter_src.clone()
     }
 
     pub fn accepts_input(&self) -> bool {
