@@ -22,8 +22,28 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub missions: MissionsConfig,
+    /// The admin API and dashboard; absent: not served.
+    pub admin: Option<AdminConfig>,
     #[serde(default, rename = "link")]
     pub links: Vec<LinkConfig>,
+}
+
+/// The HTTP admin API (and dashboard).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address (default 127.0.0.1:8090). Anything but loopback needs `allow_remote`.
+    pub address: String,
+    pub allow_remote: bool,
+    /// The bearer token every endpoint but /api/health requires. The environment variable
+    /// TAKGATE_ADMIN_TOKEN overrides it. Without either, only /api/health answers.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None }
+    }
 }
 
 /// Where missions, federation servers and the outbound queue are kept.
@@ -347,6 +367,15 @@ impl Config {
         }
         if !(self.missions.replay_hours.is_finite() && self.missions.replay_hours >= 0.0) {
             return Err(ConfigError("missions.replay_hours: must be 0 or more".into()));
+        }
+        if let Some(a) = &self.admin {
+            let sa: SocketAddr = a.address.parse().map_err(|_| ConfigError(format!("admin.address: {:?} is not an IP:port", a.address)))?;
+            if !sa.ip().is_loopback() && !a.allow_remote {
+                return Err(ConfigError(format!("admin.address: {sa} is not on loopback: set admin.allow_remote = true to serve the admin API there (and use a strong token)")));
+            }
+            if a.token.as_deref().is_some_and(|t| t.len() < 16) {
+                return Err(ConfigError("admin.token: use at least 16 characters".into()));
+            }
         }
         if self.store.path.as_deref() == Some("") {
             return Err(ConfigError("store.path: empty (leave it out to keep the store in memory)".into()));

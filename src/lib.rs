@@ -22,6 +22,7 @@
 //! * [`bench`]: `takgate bench`, the load harness for any TAK server.
 //! * [`error`]: error values for everything that reads bytes from the network.
 
+pub mod admin;
 pub mod bench;
 pub mod certs;
 pub mod codec;
@@ -30,6 +31,7 @@ pub mod cot;
 pub mod cotcmd;
 pub mod error;
 pub mod federation;
+pub mod metrics;
 pub mod missions;
 pub mod router;
 pub mod runtime;

@@ -45,44 +45,93 @@ pub struct LinkStatus {
 
 /// A running gateway.
 pub struct Gateway {
-    router: RouterHandle,
-    store: Arc<Store>,
-    missions: Arc<Missions>,
-    links: Vec<LinkStatus>,
+    inner: Arc<Control>,
+}
+
+/// What a running gateway is made of, shared with the admin API: links can be added and
+/// removed while it runs.
+pub struct Control {
+    pub router: RouterHandle,
+    pub store: Arc<Store>,
+    pub missions: Arc<Missions>,
+    pub cfg: Config,
+    links: std::sync::Mutex<Vec<(LinkStatus, CancellationToken)>>,
+    /// Where the admin API listens, when it does.
+    pub admin_addr: std::sync::Mutex<Option<SocketAddr>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
 }
 
+impl Control {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(LinkStatus, CancellationToken)>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.lock().iter().map(|(s, _)| s.clone()).collect()
+    }
+    pub fn link(&self, name: &str) -> Option<LinkStatus> {
+        self.lock().iter().find(|(s, _)| s.name == name).map(|(s, _)| s.clone())
+    }
+    /// Starts a link now (a name already running is an error).
+    pub async fn add_link(&self, l: &LinkConfig) -> Result<(), String> {
+        if self.link(&l.name).is_some() {
+            return Err(format!("a link named {:?} is already running", l.name));
+        }
+        let token = self.cancel.child_token();
+        let status = start_link(l, &self.cfg, &self.router, &self.missions, &token, &self.tracker, self.drain).await?;
+        self.lock().push((status, token));
+        tracing::info!(link = %l.name, "link started");
+        Ok(())
+    }
+    /// Stops a running link (its connections close); false when there is none.
+    pub fn remove_link(&self, name: &str) -> bool {
+        let mut links = self.lock();
+        let Some(i) = links.iter().position(|(s, _)| s.name == name) else { return false };
+        let (_, token) = links.remove(i);
+        token.cancel();
+        tracing::info!(link = %name, "link stopped");
+        true
+    }
+}
+
 impl Gateway {
+    pub fn control(&self) -> Arc<Control> {
+        self.inner.clone()
+    }
     pub fn router(&self) -> &RouterHandle {
-        &self.router
+        &self.inner.router
     }
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        &self.inner.store
     }
     pub fn missions(&self) -> &Arc<Missions> {
-        &self.missions
+        &self.inner.missions
     }
-    pub fn links(&self) -> &[LinkStatus] {
-        &self.links
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.inner.links()
     }
     /// The bound address of the named link.
     pub fn local_addr(&self, link: &str) -> Option<SocketAddr> {
-        self.links.iter().find(|l| l.name == link).and_then(|l| l.local_addr)
+        self.inner.link(link).and_then(|l| l.local_addr)
     }
     /// The connection state of an outgoing link.
     pub fn connection(&self, link: &str) -> Option<tcp::ConnState> {
-        self.links.iter().find(|l| l.name == link).and_then(|l| l.connection.as_ref()).map(|c| c.get())
+        self.inner.link(link).and_then(|l| l.connection).map(|c| c.get())
     }
     pub fn counters(&self, link: &str) -> Option<Arc<LinkCounters>> {
-        self.links.iter().find(|l| l.name == link).map(|l| l.counters.clone())
+        self.inner.link(link).map(|l| l.counters)
+    }
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.inner.admin_addr.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// Stops every link and waits (bounded by the drain deadline plus a margin).
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(self.drain + Duration::from_secs(2), self.tracker.wait()).await.is_err() {
+        let c = &self.inner;
+        c.cancel.cancel();
+        c.tracker.close();
+        if tokio::time::timeout(c.drain + Duration::from_secs(2), c.tracker.wait()).await.is_err() {
             tracing::warn!("some links did not stop within the drain deadline");
         }
     }
@@ -112,15 +161,62 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
             tracing::info!(link = %l.name, "link disabled: not started");
             continue;
         }
-        match start_link(l, cfg, &router, &missions, &cancel, &tracker, drain).await {
-            Ok(s) => links.push(s),
+        let token = cancel.child_token();
+        match start_link(l, cfg, &router, &missions, &token, &tracker, drain).await {
+            Ok(s) => links.push((s, token)),
             Err(message) => {
                 cancel.cancel();
                 return Err(StartError { link: l.name.clone(), message });
             }
         }
     }
-    Ok(Gateway { router, store, missions, links, cancel, tracker, drain })
+    let control = Arc::new(Control { router, store, missions, cfg: cfg.clone(), links: std::sync::Mutex::new(links), admin_addr: std::sync::Mutex::new(None), cancel, tracker, drain });
+    if let Some(a) = &cfg.admin {
+        let listener = match TcpListener::bind(&a.address).await {
+            Ok(l) => l,
+            Err(e) => {
+                control.cancel.cancel();
+                return Err(StartError { link: "admin".into(), message: format!("cannot listen on {}: {e}", a.address) });
+            }
+        };
+        let addr = listener.local_addr().ok();
+        *control.admin_addr.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+        let token = std::env::var("TAKGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| a.token.clone());
+        if token.is_none() {
+            tracing::warn!("admin API: no token configured ([admin] token or TAKGATE_ADMIN_TOKEN): only /api/health answers");
+        }
+        let files = match &cfg.store.path {
+            Some(p) => std::path::Path::new(p).parent().map(|d| d.join("federation")).unwrap_or_else(|| "federation".into()),
+            None => std::env::temp_dir().join(format!("takgate-{}-{}", cfg.node.id, std::process::id())).join("federation"),
+        };
+        let state = Arc::new(crate::admin::AdminState { control: control.clone(), token, files });
+        tracing::info!(address = ?addr, "admin API and dashboard listening");
+        control.tracker.spawn(crate::admin::serve(listener, state, control.cancel.clone()));
+    }
+    Ok(Gateway { inner: control })
+}
+
+/// The outgoing federation link for a store server row (admin API and start-up).
+pub fn server_link(s: &crate::store::Server) -> Result<LinkConfig, String> {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), s.name.clone().into());
+    t.insert("transport".into(), if s.protocol == "v2" { "federation-v2" } else { "federation-v1" }.into());
+    t.insert("mode".into(), "connect".into());
+    t.insert("address".into(), format!("{}:{}", if s.address.contains(':') { format!("[{}]", s.address) } else { s.address.clone() }, s.port).into());
+    t.insert("enabled".into(), s.enabled.into());
+    for (k, v) in [("ca", &s.ca_path), ("cert", &s.cert_path), ("key", &s.key_path)] {
+        if let Some(v) = v {
+            t.insert(k.into(), v.clone().into());
+        }
+    }
+    let mut p = toml::Table::new();
+    p.insert("sync_missions".into(), s.sync_missions.into());
+    p.insert("sync_cot".into(), s.sync_cot.into());
+    if let Some(f) = &s.mission_filter {
+        p.insert("mission_filter".into(), toml::Value::Array(f.iter().map(|x| x.clone().into()).collect()));
+    }
+    t.insert("policy".into(), p.into());
+    t.try_into::<LinkConfig>().map_err(|e| e.to_string())
 }
 
 /// Brings the store's federation servers in line with the configuration: every outgoing
@@ -166,25 +262,7 @@ fn reconcile_servers(cfg: &Config, missions: &Missions) -> Result<Vec<LinkConfig
         if s.source != "api" || s.direction != "outbound" || cfg.links.iter().any(|l| l.name == s.name) {
             continue;
         }
-        let mut t = toml::Table::new();
-        t.insert("name".into(), s.name.clone().into());
-        t.insert("transport".into(), if s.protocol == "v2" { "federation-v2" } else { "federation-v1" }.into());
-        t.insert("mode".into(), "connect".into());
-        t.insert("address".into(), format!("{}:{}", if s.address.contains(':') { format!("[{}]", s.address) } else { s.address.clone() }, s.port).into());
-        t.insert("enabled".into(), s.enabled.into());
-        for (k, v) in [("ca", &s.ca_path), ("cert", &s.cert_path), ("key", &s.key_path)] {
-            if let Some(v) = v {
-                t.insert(k.into(), v.clone().into());
-            }
-        }
-        let mut p = toml::Table::new();
-        p.insert("sync_missions".into(), s.sync_missions.into());
-        p.insert("sync_cot".into(), s.sync_cot.into());
-        if let Some(f) = &s.mission_filter {
-            p.insert("mission_filter".into(), toml::Value::Array(f.iter().map(|x| x.clone().into()).collect()));
-        }
-        t.insert("policy".into(), p.into());
-        match t.try_into::<LinkConfig>() {
+        match server_link(&s) {
             Ok(l) => extra.push(l),
             Err(e) => tracing::error!(server = %s.name, "federation server from the store not started: {e}"),
         }
@@ -199,7 +277,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
     let policy = Arc::new(PeerPolicy::new(&l.policy, connect)?);
     let queue_depth = l.queue_depth.unwrap_or(cfg.router.queue_depth);
     let mut status = LinkStatus { name: l.name.clone(), transport: l.transport, mode, address: l.address.clone(), local_addr: None, counters: counters.clone(), connection: None };
-    let cancel = cancel.child_token();
+    let cancel = cancel.clone();
     match l.transport {
         Transport::Tcp | Transport::Tls => {
             let tls_on = l.transport == Transport::Tls;

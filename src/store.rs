@@ -259,6 +259,11 @@ impl Store {
         Ok(n)
     }
 
+    pub fn rename_server(&self, id: i64, name: &str) -> Result<(), StoreError> {
+        self.db().execute("UPDATE federation_servers SET name = ?2, link = CASE WHEN source = 'api' THEN ?2 ELSE link END WHERE id = ?1", params![id, name])?;
+        Ok(())
+    }
+
     pub fn delete_server(&self, id: i64) -> Result<bool, StoreError> {
         Ok(self.db().execute("DELETE FROM federation_servers WHERE id = ?1", [id])? > 0)
     }

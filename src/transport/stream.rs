@@ -300,6 +300,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc
                 m = rx.recv() => match m {
                     Some(m) => {
                         let mut n = 1u64;
+                        crate::metrics::DELIVERY_LATENCY.observe(m.received.elapsed());
                         buf.extend_from_slice(m.encoded(format));
                         while buf.len() < MAX_BATCH {
                             match rx.try_recv() {
