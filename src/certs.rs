@@ -1,16 +1,30 @@
-//! Certificates made with rcgen: a CA and leaf certificates signed by it, written as PEM
-//! files. Used by `takgate bench federation` for its two in-process nodes.
+//! Certificates made with rcgen (`takgate certs`, and the two in-process nodes of
+//! `takgate bench federation`): a CA, and server, client and federation certificates it
+//! signs, with the key usages and SANs TAK peers check, written as PEM files (keys mode
+//! 0600); client certificates also as PKCS#12 for ATAK and WinTAK.
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 
-/// A CA that signs leaf certificates into `dir`.
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A TLS server (TAK streaming port): serverAuth, SANs required.
+    Server,
+    /// A TAK client (ATAK, WinTAK, pytak): clientAuth.
+    Client,
+    /// A federation endpoint, which is both: serverAuth and clientAuth, SANs required.
+    Federation,
+}
+
+/// A CA that signs certificates into `dir`.
 pub struct Authority {
     pub dir: PathBuf,
     /// The CA certificate (PEM).
     pub ca: PathBuf,
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -23,40 +37,116 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+fn write(path: &Path, data: &[u8], private: bool) -> Result<(), String> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        o.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    o.open(path).and_then(|mut f| f.write_all(data)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn validity(p: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(days as i64);
+}
+
 impl Authority {
-    /// A new CA named `cn`; its certificate is written to `dir/ca.pem`.
-    pub fn new(dir: &Path, cn: &str) -> Result<Authority, String> {
+    /// A new CA named `cn`, valid `days`: `dir/ca.pem` and `dir/ca.key`.
+    pub fn create(dir: &Path, cn: &str, days: u32) -> Result<Authority, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
         p.distinguished_name.push(DnType::CommonName, cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().map_err(err)?).map_err(err)?;
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, issuer.pem()).map_err(|e| format!("{}: {e}", ca.display()))?;
-        Ok(Authority { dir: dir.to_owned(), ca, issuer })
+        validity(&mut p, days);
+        let key = KeyPair::generate().map_err(err)?;
+        let key_pem = key.serialize_pem();
+        let issuer = CertifiedIssuer::self_signed(p, key).map_err(err)?;
+        write(&dir.join("ca.pem"), issuer.pem().as_bytes(), false)?;
+        write(&dir.join("ca.key"), key_pem.as_bytes(), true)?;
+        Authority::load(dir)
     }
 
-    /// A leaf certificate for `cn` with DNS/IP SANs `names`, usable as server and client
-    /// (federation links are both); returns (certificate, key) paths.
-    pub fn leaf(&self, cn: &str, names: &[&str]) -> Result<(PathBuf, PathBuf), String> {
+    /// The CA in `dir` (ca.pem and ca.key).
+    pub fn load(dir: &Path) -> Result<Authority, String> {
+        let ca = dir.join("ca.pem");
+        let ca_pem = std::fs::read_to_string(&ca).map_err(|e| format!("{}: {e} (create the CA first: takgate certs ca --dir {})", ca.display(), dir.display()))?;
+        let key_path = dir.join("ca.key");
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| format!("{}: {e}", ca.display()))?;
+        Ok(Authority { dir: dir.to_owned(), ca, ca_pem, issuer })
+    }
+
+    /// A new CA in `dir` for tests and tools (ten years).
+    pub fn new(dir: &Path, cn: &str) -> Result<Authority, String> {
+        Authority::create(dir, cn, 3650)
+    }
+
+    /// Issues a certificate for `cn`: `dir/<cn>.pem` (the certificate, then the CA, the
+    /// chain TAK peers want) and `dir/<cn>.key`.
+    pub fn issue(&self, kind: Kind, cn: &str, sans: &[&str], days: u32) -> Result<(PathBuf, PathBuf), String> {
+        if cn.is_empty() || cn.contains(['/', '\\']) {
+            return Err(format!("{cn:?}: not usable as a certificate name"));
+        }
+        if kind != Kind::Client && sans.is_empty() {
+            return Err("server and federation certificates need at least one SAN (the DNS names and IP addresses peers dial)".into());
+        }
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        for n in names {
+        for n in sans {
             p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*n).try_into().map_err(err)?),
+                Err(_) => SanType::DnsName((*n).try_into().map_err(|e| format!("SAN {n:?}: {e}"))?),
             });
         }
         p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = match kind {
+            Kind::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Kind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Kind::Federation => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        validity(&mut p, days);
         let key = KeyPair::generate().map_err(err)?;
         let cert = p.signed_by(&key, &self.issuer).map_err(err)?;
         let (cp, kp) = (self.dir.join(format!("{cn}.pem")), self.dir.join(format!("{cn}.key")));
-        std::fs::write(&cp, cert.pem()).map_err(|e| format!("{}: {e}", cp.display()))?;
-        std::fs::write(&kp, key.serialize_pem()).map_err(|e| format!("{}: {e}", kp.display()))?;
+        write(&cp, format!("{}{}", cert.pem(), self.ca_pem).as_bytes(), false)?;
+        write(&kp, key.serialize_pem().as_bytes(), true)?;
         Ok((cp, kp))
     }
+
+    /// A leaf usable as server and client (federation links are both).
+    pub fn leaf(&self, cn: &str, names: &[&str]) -> Result<(PathBuf, PathBuf), String> {
+        self.issue(Kind::Federation, cn, names, 3650)
+    }
+}
+
+/// Writes `cert` (with its chain) and `key` as PKCS#12 to `out`, protected by `password`.
+/// `legacy`: 3DES and HMAC-SHA1, which every ATAK and WinTAK version imports; otherwise
+/// AES-256 and HMAC-SHA256.
+pub fn export_p12(cert: &Path, key: &Path, out: &Path, password: &str, legacy: bool) -> Result<(), String> {
+    use p12_keystore::{Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain};
+    let certs = crate::transport::tls::load_certs(cert).map_err(|e| e.0)?;
+    let key_der = crate::transport::tls::load_key(key).map_err(|e| e.0)?;
+    let rustls::pki_types::PrivateKeyDer::Pkcs8(k) = key_der else { return Err(format!("{}: PKCS#8 key expected", key.display())) };
+    let chain: Vec<Certificate> = certs.iter().map(|c| Certificate::from_der(c)).collect::<Result<_, _>>().map_err(err)?;
+    let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &certs[0]);
+    let entry = PrivateKeyChain::new(id.as_ref().to_vec(), PrivateKey::from_der(k.secret_pkcs8_der()).map_err(err)?, chain);
+    let mut ks = KeyStore::new();
+    let alias = cert.file_stem().and_then(|s| s.to_str()).unwrap_or("takgate");
+    ks.add_entry(alias, KeyStoreEntry::PrivateKeyChain(entry));
+    let w = ks.writer(password);
+    let w = if legacy { w.encryption_algorithm(EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc).mac_algorithm(MacAlgorithm::HmacSha1) } else { w.encryption_algorithm(EncryptionAlgorithm::PbeWithHmacSha256AndAes256).mac_algorithm(MacAlgorithm::HmacSha256) };
+    let data = w.write().map_err(err)?;
+    write(out, &data, true)
 }
 
 #[cfg(test)]
@@ -68,6 +158,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("takgate-certs-{}", fastrand::u64(..)));
         let a = Authority::new(&dir, "test CA").unwrap();
         let (c, k) = a.leaf("node-a", &["localhost", "127.0.0.1"]).unwrap();
+        // reloaded from its files, the CA signs again
+        let again = Authority::load(&dir).unwrap();
+        let (cc, ck) = again.issue(Kind::Client, "alice", &[], 30).unwrap();
+        assert_eq!(crate::transport::tls::load_certs(&cc).unwrap().len(), 2, "leaf and CA");
+        let p12 = dir.join("alice.p12");
+        export_p12(&cc, &ck, &p12, "atakatak", true).unwrap();
+        let ks = p12_keystore::KeyStore::from_pkcs12(&std::fs::read(&p12).unwrap(), "atakatak", p12_keystore::Pkcs12ImportPolicy::Relaxed).unwrap();
+        let (_, chain) = ks.private_key_chain().unwrap();
+        assert_eq!(chain.certs().len(), 2);
+        assert!(again.issue(Kind::Server, "nosan", &[], 30).is_err());
         let sc = crate::transport::tls::server_config(&c, &k, Some(&a.ca), true).unwrap();
         assert!(sc.alpn_protocols.is_empty());
         let cc = crate::transport::tls::client_config(&a.ca, Some((&c, &k)));

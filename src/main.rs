@@ -35,6 +35,11 @@ enum Cmd {
         #[command(subcommand)]
         scenario: BenchCmd,
     },
+    /// Create a CA and the server, client and federation certificates it signs.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
     /// Missions in the store.
     Missions {
         #[command(subcommand)]
@@ -69,6 +74,45 @@ enum BenchCmd {
         #[arg(long, default_value = "127.0.0.1:18999")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// A new CA: DIR/ca.pem and DIR/ca.key (0600).
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "takgate CA")]
+        cn: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// A server certificate (serverAuth) for the names clients dial.
+    Server(IssueArgs),
+    /// A client certificate (clientAuth), also as DIR/CN.p12 for ATAK and WinTAK.
+    Client(IssueArgs),
+    /// A federation certificate (serverAuth and clientAuth) for the names federates dial.
+    Federation(IssueArgs),
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    /// The CA's directory (from `takgate certs ca`); the certificate is written there.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    cn: String,
+    /// DNS names and IP addresses (comma separated); required for server and federation.
+    #[arg(long, value_delimiter = ',')]
+    san: Vec<String>,
+    #[arg(long, default_value_t = 730)]
+    days: u32,
+    /// PKCS#12 password (client certificates).
+    #[arg(long, default_value = "atakatak")]
+    p12_password: String,
+    /// PKCS#12 with AES-256/SHA-256 instead of the 3DES/SHA-1 every ATAK version imports.
+    #[arg(long)]
+    p12_modern: bool,
 }
 
 #[derive(Subcommand)]
@@ -294,6 +338,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::Certs { cmd } => match certs(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("takgate certs: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Missions { cmd } => match store_report(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -448,6 +499,33 @@ fn queue_report(config: Option<PathBuf>, limit: usize, json: bool) -> Result<(),
         for p in &pending {
             println!("{:<28} {:>6} {:<24} {:<15} {:<24} {:>8}  {}{}", p.server, p.queue_id, p.created_at, p.change.change_type, p.change.mission, p.attempts, p.change.content_uid, p.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
         }
+    }
+    Ok(())
+}
+
+fn certs(cmd: CertsCmd) -> Result<(), String> {
+    use takgate::certs::{export_p12, Authority, Kind};
+    let (kind, a) = match cmd {
+        CertsCmd::Ca { dir, cn, days } => {
+            if dir.join("ca.key").exists() {
+                return Err(format!("{} already holds a CA (ca.key): refusing to replace it", dir.display()));
+            }
+            let ca = Authority::create(&dir, &cn, days)?;
+            println!("CA {cn:?}: {} and {} (keep the key private)", ca.ca.display(), dir.join("ca.key").display());
+            return Ok(());
+        }
+        CertsCmd::Server(a) => (Kind::Server, a),
+        CertsCmd::Client(a) => (Kind::Client, a),
+        CertsCmd::Federation(a) => (Kind::Federation, a),
+    };
+    let ca = Authority::load(&a.dir)?;
+    let sans: Vec<&str> = a.san.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    let (cert, key) = ca.issue(kind, &a.cn, &sans, a.days)?;
+    println!("{:?} certificate {:?}: {} and {}", kind, a.cn, cert.display(), key.display());
+    if kind == Kind::Client {
+        let p12 = a.dir.join(format!("{}.p12", a.cn));
+        export_p12(&cert, &key, &p12, &a.p12_password, !a.p12_modern)?;
+        println!("PKCS#12 for ATAK/WinTAK: {} (import with the CA as truststore)", p12.display());
     }
     Ok(())
 }

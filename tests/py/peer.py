@@ -218,6 +218,8 @@ def build_config(args) -> configparser.SectionProxy:
         cfg["PYTAK_TLS_CLIENT_CERT"] = args.cert
     if args.key:
         cfg["PYTAK_TLS_CLIENT_KEY"] = args.key
+    if args.password:
+        cfg["PYTAK_TLS_CLIENT_PASSWORD"] = args.password
     if args.ca:
         cfg["PYTAK_TLS_CLIENT_CAFILE"] = args.ca
     if args.tls_hostname:
@@ -308,6 +310,7 @@ def main() -> int:
     ap.add_argument("--url", required=True, help="pytak COT_URL, e.g. tcp://127.0.0.1:8087")
     ap.add_argument("--cert", help="TLS client certificate (PEM or .p12)")
     ap.add_argument("--key", help="TLS client private key (PEM)")
+    ap.add_argument("--password", help="password of a .p12 --cert")
     ap.add_argument("--ca", help="CA file used to verify the server")
     ap.add_argument("--tls-hostname", help="check the server certificate against this "
                     "name (default: hostname not checked)")
