@@ -490,7 +490,7 @@ async fn links(State(st): St) -> Response {
                 "connection": l.connection.as_ref().map(|c| c.get()),
                 "counters": l.counters.snapshot(),
                 "queue_depth": mine.iter().map(|p| p.queue_depth).sum::<usize>(),
-                "peers": mine.iter().map(|p| json!({"remote": p.remote, "identity": p.identity, "queue_depth": p.queue_depth, "queue_capacity": p.queue_capacity, "counters": p.counters})).collect::<Vec<_>>(),
+                "peers": mine.iter().map(|p| json!({"remote": p.remote, "identity": p.identity, "codec": p.codec, "queue_depth": p.queue_depth, "queue_capacity": p.queue_capacity, "counters": p.counters})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -594,6 +594,41 @@ fn summary(method: &str, path: &str) -> &'static str {
         ("get", "/api/openapi.json") => "This document",
         ("get", "/metrics") => "Prometheus metrics",
         _ => "",
+    }
+}
+
+/// Serves the admin API over TLS (mutual when the acceptor requires client certificates).
+pub async fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<AdminState>, cancel: tokio_util::sync::CancellationToken) {
+    let app = router(state);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("admin API: accept failed: {e}; pausing 100 ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app, cancel) = (acceptor.clone(), app.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(%remote, "admin API: TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
     }
 }
 

@@ -38,11 +38,17 @@ pub struct AdminConfig {
     /// The bearer token every endpoint but /api/health requires. The environment variable
     /// TAKGATE_ADMIN_TOKEN overrides it. Without either, only /api/health answers.
     pub token: Option<String>,
+    /// Serve HTTPS with this certificate and key.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// With HTTPS: also require a client certificate that chains to this CA (mutual TLS, on
+    /// top of the token).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None }
+        AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None, cert: None, key: None, ca: None }
     }
 }
 
@@ -372,6 +378,12 @@ impl Config {
             let sa: SocketAddr = a.address.parse().map_err(|_| ConfigError(format!("admin.address: {:?} is not an IP:port", a.address)))?;
             if !sa.ip().is_loopback() && !a.allow_remote {
                 return Err(ConfigError(format!("admin.address: {sa} is not on loopback: set admin.allow_remote = true to serve the admin API there (and use a strong token)")));
+            }
+            if a.cert.is_some() != a.key.is_some() {
+                return Err(ConfigError("admin: cert and key go together".into()));
+            }
+            if a.ca.is_some() && a.cert.is_none() {
+                return Err(ConfigError("admin.ca (mutual TLS) needs cert and key (HTTPS)".into()));
             }
             if a.token.as_deref().is_some_and(|t| t.len() < 16) {
                 return Err(ConfigError("admin.token: use at least 16 characters".into()));

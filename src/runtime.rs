@@ -190,8 +190,24 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
             None => std::env::temp_dir().join(format!("takgate-{}-{}", cfg.node.id, std::process::id())).join("federation"),
         };
         let state = Arc::new(crate::admin::AdminState { control: control.clone(), token, files });
-        tracing::info!(address = ?addr, "admin API and dashboard listening");
-        control.tracker.spawn(crate::admin::serve(listener, state, control.cancel.clone()));
+        match (&a.cert, &a.key) {
+            (Some(cert), Some(key)) => {
+                let tls = tls::server_config(cert, key, a.ca.as_deref(), a.ca.is_some()).map_err(|e| StartError { link: "admin".into(), message: e.0 });
+                let tls = match tls {
+                    Ok(t) => t,
+                    Err(e) => {
+                        control.cancel.cancel();
+                        return Err(e);
+                    }
+                };
+                tracing::info!(address = ?addr, mutual_tls = a.ca.is_some(), "admin API and dashboard listening (HTTPS)");
+                control.tracker.spawn(crate::admin::serve_tls(listener, TlsAcceptor::from(Arc::new(tls)), state, control.cancel.clone()));
+            }
+            _ => {
+                tracing::info!(address = ?addr, "admin API and dashboard listening");
+                control.tracker.spawn(crate::admin::serve(listener, state, control.cancel.clone()));
+            }
+        }
     }
     Ok(Gateway { inner: control })
 }

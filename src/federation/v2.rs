@@ -424,7 +424,7 @@ impl FederatedChannel for Conn {
         let (tx, rx) = mpsc::channel(s.queue_depth);
         self.sh
             .router
-            .attach(PeerInfo { id: self.id, link: s.link.clone(), transport: "federation-v2", remote: self.remote.clone(), identity: Some(self.identity.clone()), policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: token.clone() })
+            .attach(PeerInfo { codec: Arc::new(std::sync::atomic::AtomicU8::new(crate::router::codec::FIG_GRPC)), id: self.id, link: s.link.clone(), transport: "federation-v2", remote: self.remote.clone(), identity: Some(self.identity.clone()), policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: token.clone() })
             .await;
         tracing::info!(link = %s.link, remote = %self.remote, federate = %name, snapshot = snapshot.len(), "federate subscribed to events");
         let mut out = EventOut::new(&snapshot, None, rx, s, token);
@@ -844,7 +844,7 @@ async fn open_events(client: &mut Client, id: u64, sh: &Arc<Shared>, session: &C
     let snapshot: Vec<Arc<Message>> = sh.router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
     let (tx, rx) = mpsc::channel(s.queue_depth);
     sh.router
-        .attach(PeerInfo { id, link: s.link.clone(), transport: "federation-v2", remote: String::new(), identity: None, policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.child_token() })
+        .attach(PeerInfo { codec: Arc::new(std::sync::atomic::AtomicU8::new(crate::router::codec::FIG_GRPC)), id, link: s.link.clone(), transport: "federation-v2", remote: String::new(), identity: None, policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.child_token() })
         .await;
     let out = EventOut::new(&snapshot, Some(FederatedEvent::default()), rx, s, session.clone()).stream().filter_map(|r| std::future::ready(r.ok()));
     spawn_call("ServerEventStream", { let mut c = client.clone(); async move { c.server_event_stream(out).await } }, ev.clone(), session.clone(), false);

@@ -128,10 +128,33 @@ impl PeerIdentity {
 /// What a peer's queue carries.
 pub type Outbound = Arc<Message>;
 
+/// What a peer's wire carries now (streams switch when TAK protocol v1 is negotiated).
+pub mod codec {
+    pub const XML: u8 = 0;
+    pub const PROTOBUF: u8 = 1;
+    pub const PROTOBUF_MESH: u8 = 2;
+    pub const FIG_V1: u8 = 3;
+    pub const FIG_GRPC: u8 = 4;
+    pub const AMQP_XML: u8 = 5;
+    pub fn name(c: u8) -> &'static str {
+        match c {
+            XML => "xml",
+            PROTOBUF => "protobuf",
+            PROTOBUF_MESH => "protobuf-mesh",
+            FIG_V1 => "fig-v1 (FederatedEvent frames)",
+            FIG_GRPC => "fig-v2 (gRPC)",
+            AMQP_XML => "xml (amqp)",
+            _ => "unknown",
+        }
+    }
+}
+
 /// Everything the router needs to know about an attached peer.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub id: LinkId,
+    /// The peer's current codec ([`codec`]), updated by its writer.
+    pub codec: Arc<std::sync::atomic::AtomicU8>,
     /// Name of the configured link it belongs to.
     pub link: String,
     pub transport: &'static str,
@@ -149,7 +172,7 @@ impl PeerInfo {
     /// A peer that only receives (a datagram sender, a broker link): no TLS identity,
     /// overflow drops, closed with `cancel`.
     pub fn output(id: LinkId, link: &str, transport: &'static str, remote: String, policy: Arc<PeerPolicy>, tx: mpsc::Sender<Outbound>, counters: Arc<LinkCounters>, cancel: &CancellationToken) -> PeerInfo {
-        PeerInfo { id, link: link.to_owned(), transport, remote, identity: None, policy, tx, overflow: Overflow::Drop, counters, close: cancel.child_token() }
+        PeerInfo { id, codec: Arc::new(std::sync::atomic::AtomicU8::new(codec::XML)), link: link.to_owned(), transport, remote, identity: None, policy, tx, overflow: Overflow::Drop, counters, close: cancel.child_token() }
     }
 }
 
@@ -161,6 +184,7 @@ pub struct PeerStats {
     pub transport: &'static str,
     pub remote: String,
     pub identity: Option<PeerIdentity>,
+    pub codec: &'static str,
     pub queue_depth: usize,
     pub queue_capacity: usize,
     #[serde(flatten)]
@@ -342,6 +366,7 @@ impl Router {
                 transport: p.info.transport,
                 remote: p.info.remote.clone(),
                 identity: p.info.identity.clone(),
+                codec: codec::name(p.info.codec.load(Relaxed)),
                 queue_capacity: p.info.tx.max_capacity(),
                 queue_depth: p.info.tx.max_capacity() - p.info.tx.capacity(),
                 counters: p.info.counters.snapshot(),

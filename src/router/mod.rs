@@ -6,6 +6,6 @@ pub mod message;
 pub mod pattern;
 pub mod policy;
 
-pub use self::core::{CounterSnapshot, LinkCounters, Outbound, PeerIdentity, PeerInfo, PeerStats, Router, RouterHandle};
+pub use self::core::{codec, CounterSnapshot, LinkCounters, Outbound, PeerIdentity, PeerInfo, PeerStats, Router, RouterHandle};
 pub use message::{FedMeta, LinkId, Message};
 pub use policy::PeerPolicy;

@@ -104,7 +104,9 @@ pub async fn run(s: Arc<AmqpSettings>, router: RouterHandle, cancel: Cancellatio
     let id = router.next_id();
     let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
     let remote = s.url.split('@').next_back().unwrap_or_default().to_owned();
-    router.attach(PeerInfo::output(id, &s.link, "amqp", remote, s.policy.clone(), tx, s.counters.clone(), &cancel)).await;
+    let peer = PeerInfo::output(id, &s.link, "amqp", remote, s.policy.clone(), tx, s.counters.clone(), &cancel);
+    peer.codec.store(crate::router::codec::AMQP_XML, std::sync::atomic::Ordering::Relaxed);
+    router.attach(peer).await;
     let mut pending: VecDeque<Arc<Message>> = VecDeque::new();
     let mut attempt = 0u32;
     loop {

@@ -250,7 +250,11 @@ pub async fn receive_loop(sock: Arc<UdpSocket>, origin: u64, own: Option<(u16, H
 /// Attaches a sending peer for this link and sends each event it gets as one datagram.
 pub async fn send_loop(sock: Arc<UdpSocket>, target: SocketAddr, id: u64, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
-    router.attach(PeerInfo::output(id, &s.link, s.transport, target.to_string(), s.policy.clone(), tx, s.counters.clone(), &cancel)).await;
+    let peer = PeerInfo::output(id, &s.link, s.transport, target.to_string(), s.policy.clone(), tx, s.counters.clone(), &cancel);
+    if s.format == crate::codec::WireFormat::ProtoMesh {
+        peer.codec.store(crate::router::codec::PROTOBUF_MESH, std::sync::atomic::Ordering::Relaxed);
+    }
+    router.attach(peer).await;
     loop {
         let m = tokio::select! {
             _ = cancel.cancelled() => break,

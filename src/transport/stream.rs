@@ -116,8 +116,10 @@ where
     let (tx, rx) = mpsc::channel(s.queue_depth);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
     let session = cancel.child_token();
+    let codec = Arc::new(std::sync::atomic::AtomicU8::new(crate::router::codec::XML));
     router
         .attach(PeerInfo {
+            codec: codec.clone(),
             id,
             link: s.link.clone(),
             transport: s.transport,
@@ -135,7 +137,7 @@ where
     if s.role == Role::Server && s.negotiate && !s.protobuf_only {
         let _ = ctrl_tx.try_send(Ctrl::Send(control::offer(&router.node_id, CotTime::now(), &[1], concat!("takgate ", env!("CARGO_PKG_VERSION")))));
     }
-    let writer = tokio::spawn(write_loop(wr, rx, ctrl_rx, initial, s.clone(), session.clone(), cancel.clone()));
+    let writer = tokio::spawn(write_loop(wr, rx, ctrl_rx, initial, codec, s.clone(), session.clone(), cancel.clone()));
     let reason = read_loop(rd, id, &remote, &s, &router, &ctrl_tx, &session).await;
     session.cancel();
     drop(ctrl_tx);
@@ -249,7 +251,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, s: Arc<StreamSettings>, session: CancellationToken, shutdown: CancellationToken) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, codec: Arc<std::sync::atomic::AtomicU8>, s: Arc<StreamSettings>, session: CancellationToken, shutdown: CancellationToken) {
     // Grows on first use: an idle connection holds no write buffer.
     let mut buf: Vec<u8> = Vec::new();
     let mut paused_until: Option<Instant> = None;
@@ -257,6 +259,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc
     // negotiated format (a server that said yes no longer reads XML).
     let mut held: Vec<CotEvent> = Vec::new();
     loop {
+        codec.store(
+            match format {
+                WireFormat::Xml => crate::router::codec::XML,
+                WireFormat::ProtoStream => crate::router::codec::PROTOBUF,
+                WireFormat::ProtoMesh => crate::router::codec::PROTOBUF_MESH,
+            },
+            std::sync::atomic::Ordering::Relaxed,
+        );
         buf.clear();
         let mut switch_after: Option<WireFormat> = None;
         if let Some(deadline) = paused_until {
