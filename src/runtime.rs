@@ -472,7 +472,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
                 let sock = datagram::bind_udp(addr).map_err(|e| e.0)?;
                 status.local_addr = sock.local_addr().ok();
                 tracing::info!(link = %l.name, address = ?status.local_addr, "udp listening");
-                tracker.spawn(datagram::receive_loop(Arc::new(sock), router.next_id(), None, s, router.clone(), cancel));
+                start_receiver(sock, router.next_id(), None, s, router.clone(), cancel, tracker);
             } else {
                 let target = tokio::net::lookup_host(&l.address).await.map_err(|e| format!("cannot resolve {}: {e}", l.address))?.next().ok_or("address resolves to nothing")?;
                 let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
@@ -505,11 +505,24 @@ fn tls_security(l: &LinkConfig, connect: bool, require_client_cert: bool, alpn: 
     }
 }
 
+/// Starts a datagram receiver: the batched receive thread on Linux, else the async loop.
+fn start_receiver(sock: tokio::net::UdpSocket, id: u64, own: Option<(u16, std::collections::HashSet<std::net::IpAddr>)>, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken, tracker: &TaskTracker) {
+    #[cfg(target_os = "linux")]
+    match sock.into_std() {
+        Ok(std_sock) => {
+            tracker.spawn_blocking(move || datagram::receive_thread(std_sock, id, own, s, router, cancel));
+        }
+        Err(e) => tracing::error!(link = %s.link, "udp receiver: {e}"),
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracker.spawn(datagram::receive_loop(Arc::new(sock), id, own, s, router, cancel));
+}
+
 /// Starts the receive and send tasks of a joined multicast group.
 fn start_multicast(socks: (tokio::net::UdpSocket, tokio::net::UdpSocket, std::collections::HashSet<std::net::IpAddr>), group: SocketAddr, id: u64, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken, tracker: &TaskTracker) {
     let (rx, tx, local) = socks;
     let own_port = tx.local_addr().map(|a| a.port()).unwrap_or(0);
-    tracker.spawn(datagram::receive_loop(Arc::new(rx), id, Some((own_port, local)), s.clone(), router.clone(), cancel.clone()));
+    start_receiver(rx, id, Some((own_port, local)), s.clone(), router.clone(), cancel.clone(), tracker);
     tracker.spawn(datagram::send_loop(Arc::new(tx), group, id, s, router, cancel));
 }
 

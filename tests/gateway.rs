@@ -200,6 +200,8 @@ async fn duplicates_within_the_window_are_dropped() {
     let mut a = Client::tcp(addr).await;
     let mut b = Client::tcp(addr).await;
     let mut r = Client::tcp(addr).await;
+    // every session attached before the first send
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let ev = pli("U", "U", 1);
     a.send(&ev).await;
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -8,8 +8,8 @@
 //! (learned from their SA); contacts not seen yet are sent to `upstream` links.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,24 @@ const CONTACT_TTL: Duration = Duration::from_secs(15 * 60);
 const CONTACT_SWEEP: Duration = Duration::from_secs(30);
 /// At most this many contacts are remembered per table.
 const MAX_CONTACTS: usize = 100_000;
+
+/// A hasher for keys that are already uniformly distributed, unpredictable hashes.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
 
 /// Records where a contact lives (bounded by MAX_CONTACTS).
 fn note_contact(map: &mut HashMap<String, (LinkId, Instant)>, key: &str, link: LinkId, now: Instant) {
@@ -204,6 +222,8 @@ enum Cmd {
     Attach(PeerInfo),
     Detach(LinkId),
     Route(Arc<Message>),
+    /// Several messages at once (a batch of datagrams): one wake-up for the lot.
+    RouteMany(Vec<Arc<Message>>),
     Stats(oneshot::Sender<Vec<PeerStats>>),
     /// The latest position report of every contact seen on non-federate links.
     Snapshot(oneshot::Sender<Vec<Arc<Message>>>),
@@ -238,6 +258,16 @@ impl RouterHandle {
     /// flow control then pushes back on the sender).
     pub async fn route(&self, m: Arc<Message>) -> bool {
         self.tx.send(Cmd::Route(m)).await.is_ok()
+    }
+    /// Hands a message to the router from a plain (non-async) thread, waiting while it is
+    /// saturated; false when it has stopped.
+    pub fn route_blocking(&self, m: Arc<Message>) -> bool {
+        self.tx.blocking_send(Cmd::Route(m)).is_ok()
+    }
+    /// Hands several messages to the router from a plain thread (one command), waiting while
+    /// it is saturated; false when it has stopped.
+    pub fn route_many_blocking(&self, v: Vec<Arc<Message>>) -> bool {
+        v.is_empty() || self.tx.blocking_send(Cmd::RouteMany(v)).is_ok()
     }
     /// Hands a message to the router without waiting; false when saturated (datagrams).
     pub fn try_route(&self, m: Arc<Message>) -> bool {
@@ -287,7 +317,10 @@ pub struct Router {
     /// Latest position report per uid from non-federate links (same bounds as contacts).
     latest_sa: HashMap<String, Arc<Message>>,
     last_contact_sweep: Instant,
-    dedup: HashMap<u64, Instant>,
+    /// Dedup keys in two generations: a key is remembered for at least the window (at most
+    /// two). Keys are keyed SipHash values already, so the sets do not hash them again, and
+    /// cleared sets keep their capacity (no allocation in steady state).
+    dedup: [HashSet<u64, BuildHasherDefault<PassThrough>>; 2],
     dedup_window: Duration,
     last_sweep: Instant,
     hasher: RandomState,
@@ -307,7 +340,7 @@ impl Router {
             by_uid: HashMap::new(),
             latest_sa: HashMap::new(),
             last_contact_sweep: Instant::now(),
-            dedup: HashMap::new(),
+            dedup: Default::default(),
             dedup_window,
             last_sweep: Instant::now(),
             hasher: RandomState::new(),
@@ -326,6 +359,11 @@ impl Router {
                     Cmd::Attach(p) => self.peers.push(Peer { info: p, limiter: RateLimiter::default() }),
                     Cmd::Detach(id) => self.detach(id),
                     Cmd::Route(m) => self.route(&m),
+                    Cmd::RouteMany(v) => {
+                        for m in &v {
+                            self.route(m);
+                        }
+                    }
                     Cmd::Stats(reply) => {
                         let _ = reply.send(self.stats());
                     }
@@ -384,15 +422,16 @@ impl Router {
         m.event.cot_type.hash(&mut h);
         m.event.time.hash(&mut h);
         let key = h.finish();
-        if now.duration_since(self.last_sweep) > self.dedup_window {
-            let w = self.dedup_window;
-            self.dedup.retain(|_, t| now.duration_since(*t) < w);
+        if now.duration_since(self.last_sweep) >= self.dedup_window {
+            // the older generation goes; its (cleared) set becomes the current one
+            self.dedup.swap(0, 1);
+            self.dedup[0].clear();
             self.last_sweep = now;
         }
-        match self.dedup.insert(key, now) {
-            Some(t) => now.duration_since(t) < self.dedup_window,
-            None => false,
+        if self.dedup[1].contains(&key) {
+            return true;
         }
+        !self.dedup[0].insert(key)
     }
 
     fn route(&mut self, m: &Arc<Message>) {

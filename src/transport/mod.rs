@@ -3,6 +3,8 @@
 
 pub mod amqp;
 pub mod datagram;
+#[cfg(target_os = "linux")]
+pub mod mmsg;
 pub mod stream;
 pub mod tcp;
 pub mod tls;

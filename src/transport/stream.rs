@@ -106,6 +106,23 @@ pub(crate) async fn ingest_from(router: &RouterHandle, policy: &PeerPolicy, coun
     }
 }
 
+/// The message [`ingest`] would route, for callers that batch (the datagram receiver
+/// thread): None when it is a loop or not allowed in (counted).
+pub(crate) fn prepare(router: &RouterHandle, policy: &PeerPolicy, counters: &LinkCounters, origin: u64, mut ev: CotEvent) -> Option<Arc<Message>> {
+    LinkCounters::inc(&counters.events_in);
+    if has_flow_tag(&ev, &router.node_id) {
+        LinkCounters::inc(&counters.loops);
+        return None;
+    }
+    stamp_flow_tag(&mut ev, &router.node_id, CotTime::now());
+    let m = Message::new(ev, origin);
+    if !policy.allows_in(&m) {
+        LinkCounters::inc(&counters.filtered);
+        return None;
+    }
+    Some(Arc::new(m))
+}
+
 /// Runs one connection until it closes, the peer is disconnected, or `cancel` fires.
 pub async fn run_session<S>(stream: S, remote: String, identity: Option<PeerIdentity>, s: Arc<StreamSettings>, router: RouterHandle, cancel: CancellationToken)
 where
