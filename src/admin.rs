@@ -286,7 +286,7 @@ fn apply_fields(st: &AdminState, s: &mut Server, body: &Map<String, Value>, crea
             }
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let path = dir.join(file);
-            write_private(&path, pem.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+            crate::certs::write(&path, pem.as_bytes(), true)?;
             let check = if k == "client_key" { crate::transport::tls::load_key(&path).map(|_| ()) } else { crate::transport::tls::load_certs(&path).map(|_| ()) };
             check.map_err(|e| format!("{k}: {}", e.0.rsplit(": ").next().unwrap_or(&e.0)))?;
             *v = Some(path.display().to_string());
@@ -303,17 +303,6 @@ fn apply_fields(st: &AdminState, s: &mut Server, body: &Map<String, Value>, crea
 
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
-}
-
-fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    o.mode(0o600);
-    o.open(path)?.write_all(data)
 }
 
 /// Starts, restarts or stops the link of server `s` to match it.

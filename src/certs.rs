@@ -37,7 +37,8 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn write(path: &Path, data: &[u8], private: bool) -> Result<(), String> {
+/// Writes a file; `private`: mode 0600 (keys).
+pub(crate) fn write(path: &Path, data: &[u8], private: bool) -> Result<(), String> {
     use std::io::Write as _;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt as _;

@@ -129,7 +129,18 @@ async fn federation_server_crud_takes_effect_without_a_restart() {
     let addr = a.admin_addr().unwrap();
     let (cert, key) = pki.leaf("node-a", false);
     let pem = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
-    let federates = || async { b.router().stats().await.iter().filter(|s| s.transport == "federation-v2").count() };
+    let federates_become = |n: usize| {
+        let b = &b;
+        async move {
+            for _ in 0..100 {
+                if b.router().stats().await.iter().filter(|s| s.transport == "federation-v2").count() == n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
     // Create: it connects at once.
     let (st, body) = api(
         addr,
@@ -142,14 +153,7 @@ async fn federation_server_crud_takes_effect_without_a_restart() {
     let id = body["server"]["id"].as_i64().unwrap();
     assert!(!body.to_string().contains("PRIVATE KEY"), "never the key");
     assert_eq!(body["server"]["mission_filter"], "[\"ops-*\"]", "as OpenTAKServer: the JSON text");
-    let mut up = false;
-    for _ in 0..100 {
-        if federates().await == 1 {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let up = federates_become(1).await;
     assert!(up, "the new server connected");
     assert!(eventually(5.0, || a.connection("east").is_some_and(|c| c.state == "connected")).await);
     let (st, s) = api(addr, "GET", &format!("/api/federation/servers/{id}/status"), None).await;
@@ -169,38 +173,17 @@ async fn federation_server_crud_takes_effect_without_a_restart() {
     // Disable: it disconnects; enable: it connects again.
     let (st, body) = api(addr, "PUT", &format!("/api/federation/servers/{id}"), Some(json!({"enabled": false}))).await;
     assert_eq!((st, body["server"]["status"].clone()), (200, json!("disabled")), "{body}");
-    let mut down = false;
-    for _ in 0..100 {
-        if federates().await == 0 {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let down = federates_become(0).await;
     assert!(down, "disabled disconnects");
     api(addr, "PUT", &format!("/api/federation/servers/{id}"), Some(json!({"enabled": true}))).await;
-    let mut again = false;
-    for _ in 0..100 {
-        if federates().await == 1 {
-            again = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let again = federates_become(1).await;
     assert!(again, "enabled reconnects");
     // Delete: gone, and disconnected.
     let (st, d) = api(addr, "DELETE", &format!("/api/federation/servers/{id}"), None).await;
     assert_eq!(st, 200, "{d}");
     assert_eq!(api(addr, "GET", &format!("/api/federation/servers/{id}"), None).await.0, 404);
     assert!(a.connection("east").is_none());
-    let mut gone = false;
-    for _ in 0..100 {
-        if federates().await == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gone = federates_become(0).await;
     assert!(gone);
     // A dead peer: the test says which stage failed, with 503.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -38,27 +38,24 @@ impl Pki {
 
     /// A leaf certificate (server or client) with CN `cn`; returns (cert, key) paths.
     pub fn leaf(&mut self, cn: &str, server: bool) -> (PathBuf, PathBuf) {
+        self.issue(cn, server, None)
+    }
+
+    /// A client certificate from this CA that expired in 2021.
+    pub fn leaf_expired(&mut self, cn: &str) -> (PathBuf, PathBuf) {
+        self.issue(cn, false, Some((rcgen::date_time_ymd(2020, 1, 1), rcgen::date_time_ymd(2021, 1, 1))))
+    }
+
+    fn issue(&mut self, cn: &str, server: bool, validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>) -> (PathBuf, PathBuf) {
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         p.extended_key_usages = if server { vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth] } else { vec![ExtendedKeyUsagePurpose::ClientAuth] };
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        let (cp, kp) = (self.dir.join(format!("{cn}.pem")), self.dir.join(format!("{cn}.key")));
-        std::fs::write(&cp, cert.pem()).unwrap();
-        std::fs::write(&kp, key.serialize_pem()).unwrap();
-        (cp, kp)
-    }
-
-    /// A client certificate from this CA that expired in 2021.
-    pub fn leaf_expired(&mut self, cn: &str) -> (PathBuf, PathBuf) {
-        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        if let Some((from, to)) = validity {
+            p.not_before = from;
+            p.not_after = to;
+        }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         let (cp, kp) = (self.dir.join(format!("{cn}.pem")), self.dir.join(format!("{cn}.key")));
