@@ -117,13 +117,7 @@ async fn token_auth_and_validation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federation_server_crud_takes_effect_without_a_restart() {
     let mut pki = Pki::new("admin-crud");
-    let b = gateway(&format!(
-        "[node]\nid = \"node-b\"\n[[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        pki.path(&pki.ca),
-        pki.path(&pki.server_cert),
-        pki.path(&pki.server_key)
-    ))
-    .await;
+    let b = gateway(&pki.fed_listener("node-b", "federation-v2", "127.0.0.1:0", "")).await;
     let b_fed = b.local_addr("fed").unwrap();
     let a = gateway(&admin_gateway_cfg(&format!("token = \"{TOKEN}\""))).await;
     let addr = a.admin_addr().unwrap();

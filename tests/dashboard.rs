@@ -19,13 +19,7 @@ async fn dashboard_adds_tests_and_disables_a_federation_server() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(std::path::Path::new(&chromium).exists(), "{chromium} is missing: scripts/test installs Debian's chromium");
     let mut pki = Pki::new("dashboard");
-    let b = gateway(&format!(
-        "[node]\nid = \"node-b\"\n[[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        pki.path(&pki.ca),
-        pki.path(&pki.server_cert),
-        pki.path(&pki.server_key)
-    ))
-    .await;
+    let b = gateway(&pki.fed_listener("node-b", "federation-v2", "127.0.0.1:0", "")).await;
     let token = "dashboard-token-0123456789";
     let a = gateway(&format!("[node]\nid = \"node-a\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[[link]]\nname = \"clients\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n")).await;
     let mut x = Client::tcp(a.local_addr("clients").unwrap()).await;

@@ -12,13 +12,7 @@ use common::{gateway, pli, seq_of, Client};
 use takgate::cot::{CotEvent, CotTime};
 
 fn fed_listen_on(id: &str, pki: &Pki, transport: &str, addr: &str, extra: &str) -> String {
-    format!(
-        "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
-         [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"listen\"\naddress = \"{addr}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
-        pki.path(&pki.ca),
-        pki.path(&pki.server_cert),
-        pki.path(&pki.server_key)
-    )
+    pki.fed_listener(id, transport, addr, extra)
 }
 
 fn fed_listen(id: &str, pki: &Pki, extra: &str) -> String {

@@ -27,13 +27,7 @@ const SERVING: i32 = server_health::ServingStatus::Serving as i32;
 const NOT_CONNECTED: i32 = server_health::ServingStatus::NotConnected as i32;
 
 fn v2_listen(id: &str, pki: &Pki, extra: &str) -> String {
-    format!(
-        "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
-         [[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
-        pki.path(&pki.ca),
-        pki.path(&pki.server_cert),
-        pki.path(&pki.server_key)
-    )
+    pki.fed_listener(id, "federation-v2", "127.0.0.1:0", extra)
 }
 
 fn v2_connect(id: &str, ca: &Path, cert: &Path, key: &Path, to: SocketAddr, extra: &str) -> String {

@@ -64,6 +64,18 @@ impl Pki {
         (cp, kp)
     }
 
+    /// A node with a TCP client link `c` and a federation listener `fed` on `addr` using
+    /// this PKI's server certificate.
+    pub fn fed_listener(&self, id: &str, transport: &str, addr: &str, extra: &str) -> String {
+        format!(
+            "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+             [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"listen\"\naddress = \"{addr}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+            self.path(&self.ca),
+            self.path(&self.server_cert),
+            self.path(&self.server_key)
+        )
+    }
+
     pub fn path(&self, p: &Path) -> String {
         p.display().to_string()
     }
