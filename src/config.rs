@@ -215,6 +215,13 @@ pub struct LinkConfig {
     pub idle_timeout_secs: Option<f64>,
     /// Maximum size of one event in bytes (default 1 MiB).
     pub max_event_bytes: Option<usize>,
+    /// Listeners (tcp, tls, federation): at most this many connections at once.
+    pub max_connections: Option<usize>,
+    /// Listeners: at most this many connections from one address.
+    pub max_connections_per_address: Option<usize>,
+    /// TLS listeners: at most this many handshakes in progress (default 128); more are
+    /// refused at once rather than queued.
+    pub max_tls_handshakes: Option<usize>,
     /// Per-peer queue depth (default: router.queue_depth).
     pub queue_depth: Option<usize>,
     #[serde(default)]
@@ -477,6 +484,12 @@ impl Config {
             let datagram = matches!(l.transport, Transport::Udp | Transport::Multicast);
             if stream && (!l.interfaces.is_empty() || l.ttl.is_some() || l.loopback.is_some() || l.max_datagram_bytes.is_some()) {
                 return Err(bad("interfaces, ttl, loopback and max_datagram_bytes apply only to udp and multicast links".into()));
+            }
+            if (!stream || mode != Mode::Listen) && (l.max_connections.is_some() || l.max_connections_per_address.is_some() || l.max_tls_handshakes.is_some()) {
+                return Err(bad("max_connections, max_connections_per_address and max_tls_handshakes apply only to tcp, tls and federation listeners".into()));
+            }
+            if [l.max_connections, l.max_connections_per_address, l.max_tls_handshakes].contains(&Some(0)) {
+                return Err(bad("connection limits must be at least 1".into()));
             }
             if datagram && (l.negotiate.is_some() || l.idle_timeout_secs.is_some() || l.reconnect_min_secs.is_some() || l.reconnect_max_secs.is_some()) {
                 return Err(bad("negotiate, idle_timeout_secs and reconnect_* apply only to tcp and tls links".into()));

@@ -81,7 +81,7 @@ pub async fn render(c: &Control) -> String {
     let _ = writeln!(out, "# HELP takgate_drops_total Events not delivered or not accepted, by reason.\n# TYPE takgate_drops_total counter");
     for l in &links {
         let s = l.counters.snapshot();
-        for (reason, v) in [("queue_full", s.drops_queue_full), ("filtered", s.filtered), ("rate_limited", s.rate_limited), ("duplicate", s.duplicates), ("loop", s.loops), ("router_busy", s.drops_router_busy), ("truncated", s.truncated)] {
+        for (reason, v) in [("connection_refused", s.refused), ("queue_full", s.drops_queue_full), ("filtered", s.filtered), ("rate_limited", s.rate_limited), ("duplicate", s.duplicates), ("loop", s.loops), ("router_busy", s.drops_router_busy), ("truncated", s.truncated)] {
             let _ = writeln!(out, "takgate_drops_total{{link=\"{}\",transport=\"{}\",reason=\"{reason}\"}} {v}", label(&l.name), transport_name(l.transport));
         }
     }

@@ -137,6 +137,12 @@ impl Gateway {
     }
 }
 
+/// A listener's connection limits (TLS handshakes: 128 at once unless configured).
+fn limits(l: &LinkConfig) -> Arc<tcp::Limits> {
+    let tls = matches!(l.transport, Transport::Tls | Transport::FederationV1 | Transport::FederationV2);
+    Arc::new(tcp::Limits::new(l.max_connections, l.max_connections_per_address, if tls { Some(l.max_tls_handshakes.unwrap_or(128)) } else { None }))
+}
+
 fn secs(v: Option<f64>, default: f64) -> Duration {
     Duration::from_secs_f64(v.unwrap_or(default))
 }
@@ -312,7 +318,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
                 drain_timeout: drain,
             });
             let sec = if tls_on { tls_security(l, connect, l.require_client_cert.unwrap_or(l.ca.is_some()), &[])? } else { Security::Plain };
-            let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone(), status: Arc::default() };
+            let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone(), status: Arc::default(), limits: limits(l) };
             if connect {
                 status.connection = Some(endpoint.status.clone());
             }
@@ -356,7 +362,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
             fs.health_timeout = secs(l.health_timeout_secs, 15.0);
             fs.own_cert = tls::load_certs(cert).map_err(|e| e.0)?.first().map(|c| c.to_vec()).unwrap_or_default();
             let settings = Arc::new(fs);
-            let endpoint = tcp::Endpoint { link: l.name.clone(), counters, status: Arc::default() };
+            let endpoint = tcp::Endpoint { link: l.name.clone(), counters, status: Arc::default(), limits: limits(l) };
             if connect {
                 status.connection = Some(endpoint.status.clone());
             }

@@ -378,3 +378,62 @@ async fn tls_listener_presents_its_issuing_ca_and_verifies_optional_client_certs
     assert!(c.control.contains(&Control::Pong));
     gw.shutdown().await;
 }
+
+/// Connects from `from` (a 127.0.0.x address) and tells whether the gateway kept the
+/// connection (true) or closed it at once (refused by a limit).
+async fn kept(to: std::net::SocketAddr, from: &str) -> (bool, tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(to).await.unwrap();
+    let mut b = [0u8; 4096];
+    // closed: end of stream or reset; kept: silence, or the gateway's greeting
+    let open = match tokio::time::timeout(Duration::from_millis(400), s.read(&mut b)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    };
+    (open, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_refuse_count_and_recover() {
+    let gw = gateway(&tcp_link("c", "max_connections = 3\nmax_connections_per_address = 2")).await;
+    let addr = gw.local_addr("c").unwrap();
+    let (a1, _s1) = kept(addr, "127.0.0.1").await;
+    let (a2, s2) = kept(addr, "127.0.0.1").await;
+    let (a3, _s3) = kept(addr, "127.0.0.1").await;
+    assert_eq!((a1, a2, a3), (true, true, false), "two per address");
+    let (b1, _t1) = kept(addr, "127.0.0.2").await;
+    let (c1, _u1) = kept(addr, "127.0.0.3").await;
+    assert_eq!((b1, c1), (true, false), "three in all");
+    assert_eq!(gw.counters("c").unwrap().snapshot().refused, 2);
+    // a closed connection gives its place back
+    drop(s2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(kept(addr, "127.0.0.3").await.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_tls_handshakes_do_not_pile_up() {
+    let pki = common::certs::Pki::new("hslimit");
+    let gw = gateway(&format!(
+        "[[link]]\nname = \"t\"\ntransport = \"tls\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nmax_tls_handshakes = 1\nhandshake_timeout_secs = 2\n",
+        pki.path(&pki.server_cert),
+        pki.path(&pki.server_key)
+    ))
+    .await;
+    let addr = gw.local_addr("t").unwrap();
+    // One client opens TCP and never says hello: it holds the only handshake place...
+    let (slow, _s) = kept(addr, "127.0.0.1").await;
+    assert!(slow);
+    // ...so the next is refused at once, and counted.
+    let (next, _n) = kept(addr, "127.0.0.1").await;
+    assert!(!next);
+    assert_eq!(gw.counters("t").unwrap().snapshot().refused, 1);
+    // When the slow one times out, the place is free again.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(kept(addr, "127.0.0.1").await.0);
+    gw.shutdown().await;
+}

@@ -81,6 +81,8 @@ pub struct LinkCounters {
     pub drops_router_busy: AtomicU64,
     /// Sessions that switched to TAK protocol v1 by negotiation.
     pub negotiated_proto: AtomicU64,
+    /// Connections refused by a limit (total, per address, TLS handshakes in progress).
+    pub refused: AtomicU64,
 }
 
 impl LinkCounters {
@@ -103,6 +105,7 @@ impl LinkCounters {
             loops: self.loops.load(Relaxed),
             drops_router_busy: self.drops_router_busy.load(Relaxed),
             negotiated_proto: self.negotiated_proto.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 }
@@ -123,6 +126,7 @@ pub struct CounterSnapshot {
     pub loops: u64,
     pub drops_router_busy: u64,
     pub negotiated_proto: u64,
+    pub refused: u64,
 }
 
 /// Identity of a TLS peer.

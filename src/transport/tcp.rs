@@ -30,6 +30,63 @@ pub struct Endpoint {
     pub link: String,
     pub counters: Arc<LinkCounters>,
     pub status: Arc<ConnStatus>,
+    pub limits: Arc<Limits>,
+}
+
+/// Connection limits of a listener; each refusal is logged (without flooding) and counted.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub max_per_address: Option<usize>,
+    /// TLS handshakes in progress at once (a storm of slow handshakes must not pile up).
+    pub handshakes: Option<Arc<tokio::sync::Semaphore>>,
+    open: std::sync::atomic::AtomicUsize,
+    per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl Limits {
+    pub fn new(max_connections: Option<usize>, max_per_address: Option<usize>, max_handshakes: Option<usize>) -> Limits {
+        Limits { max_connections, max_per_address, handshakes: max_handshakes.map(|n| Arc::new(tokio::sync::Semaphore::new(n))), ..Default::default() }
+    }
+
+    /// A place for a connection from `ip`, or why there is none.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<Slot, String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let open = self.open.fetch_add(1, SeqCst);
+        if self.max_connections.is_some_and(|m| open >= m) {
+            self.open.fetch_sub(1, SeqCst);
+            return Err(format!("connection limit reached ({open} open, max_connections)"));
+        }
+        let mut per = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per.entry(ip).or_insert(0);
+        if self.max_per_address.is_some_and(|m| *n >= m) {
+            let have = *n;
+            drop(per);
+            self.open.fetch_sub(1, SeqCst);
+            return Err(format!("{have} connections from {ip} already (max_connections_per_address)"));
+        }
+        *n += 1;
+        Ok(Slot { limits: self.clone(), ip })
+    }
+}
+
+/// A connection's place under the limits, given back when it closes.
+struct Slot {
+    limits: Arc<Limits>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let mut per = self.limits.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The state of an outgoing connection, for operators (and the admin API).
@@ -95,16 +152,38 @@ pub async fn listen(listener: TcpListener, sec: Security, settings: Endpoint, se
                 }
             },
         };
+        let slot = match settings.limits.admit(addr.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                let n = settings.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &format!("connection refused: {why}"));
+                drop(tcp);
+                continue;
+            }
+        };
         tune(&tcp);
         let (sec, settings, session, cancel) = (sec.clone(), settings.clone(), session.clone(), cancel.clone());
         tracker.spawn(async move {
+            let _slot = slot;
             match sec {
                 Security::Plain => session(Box::new(tcp), addr.to_string(), None, cancel).await,
                 Security::Tls { acceptor: Some(acceptor), handshake_timeout, .. } => {
+                    let permit = match &settings.limits.handshakes {
+                        Some(sem) => match sem.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                let n = settings.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &"connection refused: too many TLS handshakes in progress (max_tls_handshakes)");
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
                     let hs = tokio::select! {
                         _ = cancel.cancelled() => return,
                         r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
                     };
+                    drop(permit);
                     match hs {
                         Ok(Ok(tls)) => {
                             let id = super::tls::identity(tls.get_ref().1.peer_certificates());
