@@ -74,6 +74,19 @@ pub struct Envelope {
     pub cot: Option<String>,
 }
 
+/// What an OpenTAKServer envelope (`{"uid": …, "cot": "<event…>"}`) carries: None for our
+/// own envelopes and for disconnect notices (no `cot`), else the event.
+pub fn decode_ots(data: &[u8], own_uid: &str) -> Result<Option<crate::cot::CotEvent>, String> {
+    let env: Envelope = serde_json::from_slice(data).map_err(|e| format!("not an OpenTAKServer envelope: {e}"))?;
+    if env.uid.as_deref() == Some(own_uid) {
+        return Ok(None);
+    }
+    match env.cot {
+        Some(c) => xml::decode(c.as_bytes()).map(Some).map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
 /// A routing key word: no '.', '*' or '#'.
 fn word(s: &str) -> String {
     let w: String = s.chars().map(|c| if matches!(c, '.' | '*' | '#') { '_' } else { c }).collect();
@@ -390,18 +403,16 @@ async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], 
         log_bad_input(n, &s.link, &s.url, what);
     };
     let cot: std::borrow::Cow<'_, [u8]> = match s.mode {
-        AmqpMode::Opentakserver => match serde_json::from_slice::<Envelope>(data) {
-            Ok(env) => {
-                if env.uid.as_deref() == Some(s.uid.as_str()) {
-                    return;
+        AmqpMode::Opentakserver => {
+            match decode_ots(data, &s.uid) {
+                Ok(Some(ev)) => {
+                    ingest(router, &s.policy, &s.counters, id, ev, true).await;
                 }
-                match env.cot {
-                    Some(c) => c.into_bytes().into(),
-                    None => return, // a disconnect notice
-                }
+                Ok(None) => {}
+                Err(e) => bad(&e),
             }
-            Err(e) => return bad(&format!("not an OpenTAKServer envelope: {e}")),
-        },
+            return;
+        }
         AmqpMode::Cluster => {
             let from = headers.and_then(|h| h.inner().get(&ShortString::from(NODE_HEADER))).and_then(|v| match v {
                 AMQPValue::LongString(l) => Some(l.to_string()),

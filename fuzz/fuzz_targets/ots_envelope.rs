@@ -1,0 +1,7 @@
+//! OpenTAKServer bus envelopes ({"uid", "cot"} JSON with CoT XML inside): never panics.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = takgate::transport::amqp::decode_ots(data, "takgate-fuzz");
+});
