@@ -124,6 +124,58 @@ impl Authority {
         Ok((cp, kp))
     }
 
+    /// Revokes the certificate in `cert` (the first in the file): its serial goes into
+    /// `dir/revoked.txt` and a new `dir/crl.pem` is signed (valid `days`), listing every
+    /// certificate revoked so far. Returns the CRL's path, for a link's `crl`.
+    pub fn revoke(&self, cert: &Path, days: u32) -> Result<PathBuf, String> {
+        let der = crate::transport::tls::load_certs(cert).map_err(|e| e.0)?;
+        let (_, x) = x509_parser::parse_x509_certificate(&der[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let ca_der = self.issuer_der()?;
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref()).map_err(|e| format!("{}: {e}", self.ca.display()))?;
+        if x.issuer().as_raw() != ca.subject().as_raw() {
+            return Err(format!("{}: not issued by this CA ({})", cert.display(), ca.subject()));
+        }
+        let serial = x.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let list = self.dir.join("revoked.txt");
+        let mut text = std::fs::read_to_string(&list).unwrap_or_default();
+        if !text.lines().any(|l| l.split_whitespace().next() == Some(serial.as_str())) {
+            text.push_str(&format!("{serial} {} {}\n", time::OffsetDateTime::now_utc().unix_timestamp(), x.subject()));
+            write(&list, text.as_bytes(), false)?;
+        }
+        self.write_crl(days)
+    }
+
+    /// Signs `dir/crl.pem` anew from `dir/revoked.txt` (valid `days`).
+    pub fn write_crl(&self, days: u32) -> Result<PathBuf, String> {
+        use rcgen::{CertificateRevocationListParams, RevokedCertParams, SerialNumber};
+        let text = std::fs::read_to_string(self.dir.join("revoked.txt")).unwrap_or_default();
+        let mut revoked = Vec::new();
+        for l in text.lines() {
+            let mut f = l.split_whitespace();
+            let (Some(hex), Some(at)) = (f.next(), f.next()) else { continue };
+            let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+            let at = at.parse::<i64>().ok().and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()).unwrap_or_else(time::OffsetDateTime::now_utc);
+            revoked.push(RevokedCertParams { serial_number: SerialNumber::from_slice(&bytes), revocation_time: at, reason_code: None, invalidity_date: None });
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(days.max(1) as i64),
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).map_err(err)?;
+        let path = self.dir.join("crl.pem");
+        write(&path, crl.pem().map_err(err)?.as_bytes(), false)?;
+        Ok(path)
+    }
+
+    fn issuer_der(&self) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
+        crate::transport::tls::load_certs(&self.ca).map_err(|e| e.0)?.into_iter().next().ok_or_else(|| format!("{}: empty", self.ca.display()))
+    }
+
     /// A leaf usable as server and client (federation links are both).
     pub fn leaf(&self, cn: &str, names: &[&str]) -> Result<(PathBuf, PathBuf), String> {
         self.issue(Kind::Federation, cn, names, 3650)

@@ -222,6 +222,20 @@ pub struct LinkConfig {
     /// TLS listeners: at most this many handshakes in progress (default 128); more are
     /// refused at once rather than queued.
     pub max_tls_handshakes: Option<usize>,
+    /// TLS and federation listeners: at most this many connections presenting the same
+    /// certificate (by SHA-256 fingerprint): one device reconnecting in a storm cannot take
+    /// every slot.
+    pub max_connections_per_identity: Option<usize>,
+    /// tcp, tls and federation v1 links: read at most this many bytes per second from one
+    /// connection. Reading pauses, so TCP pushes back on the sender; nothing read is dropped.
+    /// For links open to untrusted clients.
+    pub max_read_bytes_per_sec: Option<f64>,
+    /// tcp, tls and federation v1 links: take at most this many events per second from one
+    /// connection (reading pauses the same way).
+    pub max_read_events_per_sec: Option<f64>,
+    /// tcp, tls and federation v1 links: a write to a peer that does not complete within
+    /// this many seconds closes the connection (a peer that stopped reading; default 30).
+    pub write_timeout_secs: Option<f64>,
     /// Per-peer queue depth (default: router.queue_depth).
     pub queue_depth: Option<usize>,
     #[serde(default)]
@@ -238,6 +252,11 @@ pub struct LinkConfig {
     /// Connect: the name to verify in the server certificate (default: the host in address).
     pub server_name: Option<String>,
     pub handshake_timeout_secs: Option<f64>,
+    /// TLS and federation links: certificate revocation lists (PEM or DER files). A peer
+    /// certificate revoked by one of them is refused, and so is a peer whose issuing CA has
+    /// no list here (its revocation status is unknown). Re-read when the link starts.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
     // Multicast
     /// Interfaces to join on, by name (`eth0`) or IPv4 address. Default: the system's choice.
     #[serde(default)]
@@ -347,6 +366,16 @@ pub struct RateLimitConfig {
 
 fn one() -> u32 {
     1
+}
+
+/// An address for logs and the API: a URL's password (`amqp://user:pass@host`) becomes `***`.
+pub fn redact_address(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else { return address.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return address.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => address.to_owned(),
+    }
 }
 
 /// A configuration error: where and what.
@@ -488,7 +517,21 @@ impl Config {
             if (!stream || mode != Mode::Listen) && (l.max_connections.is_some() || l.max_connections_per_address.is_some() || l.max_tls_handshakes.is_some()) {
                 return Err(bad("max_connections, max_connections_per_address and max_tls_handshakes apply only to tcp, tls and federation listeners".into()));
             }
-            if [l.max_connections, l.max_connections_per_address, l.max_tls_handshakes].contains(&Some(0)) {
+            if l.max_connections_per_identity.is_some() && (mode != Mode::Listen || !matches!(l.transport, Transport::Tls | Transport::FederationV1 | Transport::FederationV2)) {
+                return Err(bad("max_connections_per_identity applies only to tls and federation listeners".into()));
+            }
+            let v1_stream = matches!(l.transport, Transport::Tcp | Transport::Tls | Transport::FederationV1);
+            if !v1_stream && (l.max_read_bytes_per_sec.is_some() || l.max_read_events_per_sec.is_some() || l.write_timeout_secs.is_some()) {
+                return Err(bad("max_read_bytes_per_sec, max_read_events_per_sec and write_timeout_secs apply only to tcp, tls and federation v1 links".into()));
+            }
+            for (k, v) in [("max_read_bytes_per_sec", l.max_read_bytes_per_sec), ("max_read_events_per_sec", l.max_read_events_per_sec)] {
+                if let Some(v) = v {
+                    if !(v >= 1.0 && v < 1e12) {
+                        return Err(bad(format!("{k}: must be at least 1")));
+                    }
+                }
+            }
+            if [l.max_connections, l.max_connections_per_address, l.max_tls_handshakes, l.max_connections_per_identity].contains(&Some(0)) {
                 return Err(bad("connection limits must be at least 1".into()));
             }
             if datagram && (l.negotiate.is_some() || l.idle_timeout_secs.is_some() || l.reconnect_min_secs.is_some() || l.reconnect_max_secs.is_some()) {
@@ -501,8 +544,8 @@ impl Config {
                 return Err(bad("interfaces, ttl and loopback apply only to multicast links".into()));
             }
             if !matches!(l.transport, Transport::Tls | Transport::FederationV1 | Transport::FederationV2) {
-                if l.ca.is_some() || l.cert.is_some() || l.key.is_some() || l.require_client_cert.is_some() || l.server_name.is_some() || l.handshake_timeout_secs.is_some() {
-                    return Err(bad("ca, cert, key, require_client_cert, server_name and handshake_timeout_secs apply only to tls links".into()));
+                if l.ca.is_some() || l.cert.is_some() || l.key.is_some() || l.require_client_cert.is_some() || l.server_name.is_some() || l.handshake_timeout_secs.is_some() || !l.crl.is_empty() {
+                    return Err(bad("ca, cert, key, crl, require_client_cert, server_name and handshake_timeout_secs apply only to tls links".into()));
                 }
             } else {
                 if mode == Mode::Listen && (l.cert.is_none() || l.key.is_none()) {
@@ -514,7 +557,10 @@ impl Config {
                 if l.require_client_cert == Some(true) && l.ca.is_none() {
                     return Err(bad("require_client_cert needs ca".into()));
                 }
-                for p in [&l.ca, &l.cert, &l.key].into_iter().flatten() {
+                if !l.crl.is_empty() && l.ca.is_none() {
+                    return Err(bad("crl needs ca (the lists are checked against it)".into()));
+                }
+                for p in [&l.ca, &l.cert, &l.key].into_iter().flatten().chain(&l.crl) {
                     if !p.is_file() {
                         return Err(bad(format!("{}: no such file", p.display())));
                     }
@@ -525,7 +571,7 @@ impl Config {
                     return Err(bad("ttl: must be 0..=255".into()));
                 }
             }
-            for (k, v) in [("idle_timeout_secs", l.idle_timeout_secs), ("reconnect_min_secs", l.reconnect_min_secs), ("reconnect_max_secs", l.reconnect_max_secs), ("handshake_timeout_secs", l.handshake_timeout_secs)] {
+            for (k, v) in [("idle_timeout_secs", l.idle_timeout_secs), ("reconnect_min_secs", l.reconnect_min_secs), ("reconnect_max_secs", l.reconnect_max_secs), ("handshake_timeout_secs", l.handshake_timeout_secs), ("write_timeout_secs", l.write_timeout_secs)] {
                 if let Some(v) = v {
                     if !(v > 0.0 && v < 1e9) {
                         return Err(bad(format!("{k}: must be a positive number of seconds")));
@@ -567,6 +613,14 @@ impl LinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_addresses_are_redacted() {
+        assert_eq!(redact_address("amqp://guest:s3cret@10.0.0.1:5672/%2f"), "amqp://guest:***@10.0.0.1:5672/%2f");
+        assert_eq!(redact_address("amqp://a:b:c@d@h:1"), "amqp://a:***@h:1");
+        assert_eq!(redact_address("amqp://h:5672"), "amqp://h:5672");
+        assert_eq!(redact_address("127.0.0.1:8087"), "127.0.0.1:8087");
+    }
 
     #[test]
     fn default_config_is_valid() {

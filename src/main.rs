@@ -93,6 +93,17 @@ enum CertsCmd {
     Client(IssueArgs),
     /// A federation certificate (serverAuth and clientAuth) for the names federates dial.
     Federation(IssueArgs),
+    /// Revokes a certificate this CA issued: DIR/crl.pem is signed anew with every revoked
+    /// certificate; point a link's `crl` at it (restart or re-add the link to reload).
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate to revoke (PEM).
+        cert: PathBuf,
+        /// The CRL's validity in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -512,6 +523,11 @@ fn certs(cmd: CertsCmd) -> Result<(), String> {
             }
             let ca = Authority::create(&dir, &cn, days)?;
             println!("CA {cn:?}: {} and {} (keep the key private)", ca.ca.display(), dir.join("ca.key").display());
+            return Ok(());
+        }
+        CertsCmd::Revoke { dir, cert, days } => {
+            let crl = Authority::load(&dir)?.revoke(&cert, days)?;
+            println!("revoked {}; certificate revocation list: {}", cert.display(), crl.display());
             return Ok(());
         }
         CertsCmd::Server(a) => (Kind::Server, a),

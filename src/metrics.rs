@@ -85,6 +85,17 @@ pub async fn render(c: &Control) -> String {
             let _ = writeln!(out, "takgate_drops_total{{link=\"{}\",transport=\"{}\",reason=\"{reason}\"}} {v}", label(&l.name), transport_name(l.transport));
         }
     }
+    let _ = writeln!(out, "# HELP takgate_disconnects_total Connections closed by a limit, by reason.\n# TYPE takgate_disconnects_total counter");
+    for l in &links {
+        let s = l.counters.snapshot();
+        for (reason, v) in [("slow_consumer", s.slow_consumers), ("idle_timeout", s.idle_timeouts)] {
+            let _ = writeln!(out, "takgate_disconnects_total{{link=\"{}\",transport=\"{}\",reason=\"{reason}\"}} {v}", label(&l.name), transport_name(l.transport));
+        }
+    }
+    let _ = writeln!(out, "# HELP takgate_throttled_total Times reading from a connection paused to hold its read rate limit.\n# TYPE takgate_throttled_total counter");
+    for l in &links {
+        let _ = writeln!(out, "takgate_throttled_total{{link=\"{}\",transport=\"{}\"}} {}", label(&l.name), transport_name(l.transport), l.counters.snapshot().throttled);
+    }
     let _ = writeln!(out, "# HELP takgate_queue_depth Events waiting in a peer's queue.\n# TYPE takgate_queue_depth gauge");
     let _ = writeln!(out, "# HELP takgate_peers Attached peers (connections, endpoints) per link.\n# TYPE takgate_peers gauge");
     let mut per_link: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();

@@ -140,7 +140,9 @@ impl Gateway {
 /// A listener's connection limits (TLS handshakes: 128 at once unless configured).
 fn limits(l: &LinkConfig) -> Arc<tcp::Limits> {
     let tls = matches!(l.transport, Transport::Tls | Transport::FederationV1 | Transport::FederationV2);
-    Arc::new(tcp::Limits::new(l.max_connections, l.max_connections_per_address, if tls { Some(l.max_tls_handshakes.unwrap_or(128)) } else { None }))
+    let mut limits = tcp::Limits::new(l.max_connections, l.max_connections_per_address, if tls { Some(l.max_tls_handshakes.unwrap_or(128)) } else { None });
+    limits.max_per_identity = l.max_connections_per_identity;
+    Arc::new(limits)
 }
 
 fn secs(v: Option<f64>, default: f64) -> Duration {
@@ -298,7 +300,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
     let connect = mode == Mode::Connect;
     let policy = Arc::new(PeerPolicy::new(&l.policy, connect)?);
     let queue_depth = l.queue_depth.unwrap_or(cfg.router.queue_depth);
-    let mut status = LinkStatus { name: l.name.clone(), transport: l.transport, mode, address: l.address.clone(), local_addr: None, counters: counters.clone(), connection: None };
+    let mut status = LinkStatus { name: l.name.clone(), transport: l.transport, mode, address: crate::config::redact_address(&l.address), local_addr: None, counters: counters.clone(), connection: None };
     let cancel = cancel.clone();
     match l.transport {
         Transport::Tcp | Transport::Tls => {
@@ -316,6 +318,8 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
                 policy,
                 counters,
                 drain_timeout: drain,
+                read_rate: crate::transport::stream::ReadRateLimits { bytes_per_sec: l.max_read_bytes_per_sec, events_per_sec: l.max_read_events_per_sec },
+                write_timeout: l.write_timeout_secs.map(Duration::from_secs_f64).unwrap_or(crate::transport::stream::DEFAULT_WRITE_TIMEOUT),
             });
             let sec = if tls_on { tls_security(l, connect, l.require_client_cert.unwrap_or(l.ca.is_some()), &[])? } else { Security::Plain };
             let endpoint = tcp::Endpoint { link: l.name.clone(), counters: settings.counters.clone(), status: Arc::default(), limits: limits(l) };
@@ -350,6 +354,8 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
             fs.display_name = l.display_name.clone().unwrap_or_else(|| cfg.node.id.clone());
             fs.counters = counters.clone();
             fs.queue_depth = queue_depth;
+            fs.read_rate = crate::transport::stream::ReadRateLimits { bytes_per_sec: l.max_read_bytes_per_sec, events_per_sec: l.max_read_events_per_sec };
+            fs.write_timeout = l.write_timeout_secs.map(Duration::from_secs_f64).unwrap_or(crate::transport::stream::DEFAULT_WRITE_TIMEOUT);
             fs.idle_timeout = if v2 { None } else { Some(secs(l.idle_timeout_secs, 900.0)) };
             fs.max_frame = l.max_event_bytes.unwrap_or(if v2 { crate::federation::v2::DEFAULT_MAX_MESSAGE } else { crate::federation::v1::DEFAULT_MAX_FRAME });
             fs.allow = l.allow_fingerprints.clone();
@@ -499,13 +505,13 @@ fn tls_security(l: &LinkConfig, connect: bool, require_client_cert: bool, alpn: 
     let handshake_timeout = secs(l.handshake_timeout_secs, 10.0);
     if connect {
         let ca = l.ca.as_deref().ok_or("a tls connection needs ca (the CA that signed the server certificate)")?;
-        let mut cc = tls::client_config(ca, l.cert.as_deref().zip(l.key.as_deref())).map_err(|e| e.0)?;
+        let mut cc = tls::client_config_with_crls(ca, l.cert.as_deref().zip(l.key.as_deref()), &l.crl).map_err(|e| e.0)?;
         cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let host = l.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
         Ok(Security::Tls { acceptor: None, connector: Some(TlsConnector::from(Arc::new(cc))), server_name: l.server_name.clone().unwrap_or(host), handshake_timeout })
     } else {
         let (cert, key) = l.cert.as_deref().zip(l.key.as_deref()).ok_or("a tls listener needs cert and key")?;
-        let mut sc = tls::server_config(cert, key, l.ca.as_deref(), require_client_cert).map_err(|e| e.0)?;
+        let mut sc = tls::server_config_with_crls(cert, key, l.ca.as_deref(), require_client_cert, &l.crl).map_err(|e| e.0)?;
         sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Security::Tls { acceptor: Some(TlsAcceptor::from(Arc::new(sc))), connector: None, server_name: String::new(), handshake_timeout })
     }

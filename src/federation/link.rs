@@ -58,6 +58,10 @@ pub struct FedSettings {
     pub health_timeout: Duration,
     /// Our certificate (DER), for `Getx509Identity`.
     pub own_cert: Vec<u8>,
+    /// v1: read rate limits of one connection.
+    pub read_rate: crate::transport::stream::ReadRateLimits,
+    /// v1: a write that takes longer closes the connection.
+    pub write_timeout: Duration,
 }
 
 impl FedSettings {
@@ -83,6 +87,8 @@ impl FedSettings {
             health_interval: Duration::from_secs(3),
             health_timeout: Duration::from_secs(15),
             own_cert: vec![],
+            read_rate: Default::default(),
+            write_timeout: crate::transport::stream::DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -197,15 +203,19 @@ pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerI
         .await;
     tracing::info!(link = %s.link, %remote, federate = %identity.federate_name(), fingerprint = %identity.fingerprint, "federate connected");
     let (mut rd, wr) = tokio::io::split(io);
-    let writer = tokio::spawn(write_loop(wr, rx, snapshot, s.clone(), session.clone()));
+    let writer = tokio::spawn(write_loop(wr, rx, snapshot, s.clone(), remote.clone(), session.clone()));
     let mut dec = Decoder::new(s.max_frame);
+    let mut rate = crate::transport::stream::ReadRate::new(s.read_rate);
     let mut last_rx = Instant::now();
     let reason = loop {
         dec.buffer_mut().reserve(16 * 1024);
         let idle = s.idle_timeout.map(|d| last_rx + d);
         let r = tokio::select! {
             _ = session.cancelled() => break "closed",
-            _ = async { match idle { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => break "idle timeout",
+            _ = async { match idle { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                LinkCounters::inc(&s.counters.idle_timeouts);
+                break "idle timeout";
+            }
             r = rd.read_buf(dec.buffer_mut()) => r,
         };
         match r {
@@ -213,13 +223,17 @@ pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerI
             Err(_) => break "read error",
             Ok(n) => {
                 s.counters.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                rate.bytes(n, &s.counters, &s.link, &remote, &session).await;
                 last_rx = Instant::now();
             }
         }
         let mut fatal = false;
         while let Some(f) = dec.next_frame() {
             match f {
-                Ok(fe) => receive(fe, id, &s, &router).await,
+                Ok(fe) => {
+                    rate.event(&s.counters, &s.link, &remote, &session).await;
+                    receive(fe, id, &s, &router).await
+                }
                 Err(e) => {
                     let n = s.counters.frame_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log_bad_input(n, &s.link, &remote, &e);
@@ -238,7 +252,7 @@ pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerI
     tracing::info!(link = %s.link, %remote, reason, "federate disconnected");
 }
 
-async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Receiver<Arc<Message>>, snapshot: Vec<Arc<Message>>, s: Arc<FedSettings>, session: CancellationToken) {
+async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Receiver<Arc<Message>>, snapshot: Vec<Arc<Message>>, s: Arc<FedSettings>, remote: String, session: CancellationToken) {
     let mut announced = HashSet::new();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut n = 0u64;
@@ -248,11 +262,17 @@ async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Re
     loop {
         if !buf.is_empty() {
             let r = tokio::select! {
-                r = async { wr.write_all(&buf).await?; wr.flush().await } => r,
+                r = tokio::time::timeout(s.write_timeout, async { wr.write_all(&buf).await?; wr.flush().await }) => r,
                 _ = session.cancelled() => break,
             };
-            if r.is_err() {
-                break;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    LinkCounters::inc(&s.counters.slow_consumers);
+                    tracing::warn!(link = %s.link, %remote, secs = s.write_timeout.as_secs_f64(), "slow federate: a write did not complete within the write timeout; disconnecting");
+                    break;
+                }
             }
             s.counters.bytes_out.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
             s.counters.events_out.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -81,8 +81,16 @@ pub struct LinkCounters {
     pub drops_router_busy: AtomicU64,
     /// Sessions that switched to TAK protocol v1 by negotiation.
     pub negotiated_proto: AtomicU64,
-    /// Connections refused by a limit (total, per address, TLS handshakes in progress).
+    /// Connections refused by a limit (total, per address, per certificate identity, TLS
+    /// handshakes in progress).
     pub refused: AtomicU64,
+    /// Times reading from a connection paused to hold its read rate limit.
+    pub throttled: AtomicU64,
+    /// Connections closed because they did not take what was sent to them (a write that
+    /// stalled past the write timeout, or a full queue with `overflow = "disconnect"`).
+    pub slow_consumers: AtomicU64,
+    /// Connections closed for silence beyond the idle timeout.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl LinkCounters {
@@ -106,6 +114,9 @@ impl LinkCounters {
             drops_router_busy: self.drops_router_busy.load(Relaxed),
             negotiated_proto: self.negotiated_proto.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            slow_consumers: self.slow_consumers.load(Relaxed),
+            idle_timeouts: self.idle_timeouts.load(Relaxed),
         }
     }
 }
@@ -127,6 +138,9 @@ pub struct CounterSnapshot {
     pub drops_router_busy: u64,
     pub negotiated_proto: u64,
     pub refused: u64,
+    pub throttled: u64,
+    pub slow_consumers: u64,
+    pub idle_timeouts: u64,
 }
 
 /// Identity of a TLS peer.
@@ -534,6 +548,7 @@ impl Router {
                 let n = p.info.counters.drops_queue_full.fetch_add(1, Relaxed);
                 if p.info.overflow == Overflow::Disconnect {
                     if !p.info.close.is_cancelled() {
+                        LinkCounters::inc(&p.info.counters.slow_consumers);
                         tracing::warn!(link = %p.info.link, remote = %p.info.remote, "queue full: disconnecting slow peer (overflow = disconnect)");
                     }
                     p.info.close.cancel();

@@ -47,6 +47,85 @@ pub struct StreamSettings {
     pub policy: Arc<PeerPolicy>,
     pub counters: Arc<LinkCounters>,
     pub drain_timeout: Duration,
+    /// Read rate limits of one connection (none: unlimited).
+    pub read_rate: ReadRateLimits,
+    /// A write that takes longer closes the connection (a peer that stopped reading).
+    pub write_timeout: Duration,
+}
+
+/// Per-connection read rates; reading pauses when a connection goes over.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadRateLimits {
+    pub bytes_per_sec: Option<f64>,
+    pub events_per_sec: Option<f64>,
+}
+
+/// The default write timeout for streams.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A token bucket one second deep.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Bucket {
+        Bucket { rate, tokens: rate, last: Instant::now() }
+    }
+    /// Takes `n`; how long to wait before going on when that put the bucket in debt.
+    fn take(&mut self, n: f64, now: Instant) -> Option<Duration> {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        self.tokens -= n;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+/// The read rate state of one connection.
+#[derive(Debug)]
+pub(crate) struct ReadRate {
+    bytes: Option<Bucket>,
+    events: Option<Bucket>,
+}
+
+impl ReadRate {
+    pub(crate) fn new(l: ReadRateLimits) -> ReadRate {
+        ReadRate { bytes: l.bytes_per_sec.map(Bucket::new), events: l.events_per_sec.map(Bucket::new) }
+    }
+
+    /// After reading `n` bytes: pauses while the connection is over its byte rate.
+    pub(crate) async fn bytes(&mut self, n: usize, counters: &LinkCounters, link: &str, remote: &str, session: &CancellationToken) {
+        if let Some(b) = &mut self.bytes {
+            if let Some(d) = b.take(n as f64, Instant::now()) {
+                let rate = b.rate;
+                pause(d, counters, link, remote, format!("over max_read_bytes_per_sec ({rate} B/s)"), session).await;
+            }
+        }
+    }
+
+    /// Before taking one more event: pauses while the connection is over its event rate.
+    pub(crate) async fn event(&mut self, counters: &LinkCounters, link: &str, remote: &str, session: &CancellationToken) {
+        if let Some(b) = &mut self.events {
+            if let Some(d) = b.take(1.0, Instant::now()) {
+                let rate = b.rate;
+                pause(d, counters, link, remote, format!("over max_read_events_per_sec ({rate}/s)"), session).await;
+            }
+        }
+    }
+}
+
+async fn pause(d: Duration, counters: &LinkCounters, link: &str, remote: &str, why: String, session: &CancellationToken) {
+    let n = counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if n < 5 || n.is_power_of_two() {
+        tracing::warn!(link, remote, count = n + 1, "reading paused {} ms: {why}", d.as_millis());
+    }
+    tokio::select! {
+        _ = session.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
 }
 
 /// ATAK's keepalive: ping after 15 s of silence, then every 4.5 s.
@@ -154,7 +233,7 @@ where
     if s.role == Role::Server && s.negotiate && !s.protobuf_only {
         let _ = ctrl_tx.try_send(Ctrl::Send(control::offer(&router.node_id, CotTime::now(), &[1], concat!("takgate ", env!("CARGO_PKG_VERSION")))));
     }
-    let writer = tokio::spawn(write_loop(wr, rx, ctrl_rx, initial, codec, s.clone(), session.clone(), cancel.clone()));
+    let writer = tokio::spawn(write_loop(wr, rx, ctrl_rx, initial, codec, s.clone(), remote.clone(), session.clone(), cancel.clone()));
     let reason = read_loop(rd, id, &remote, &s, &router, &ctrl_tx, &session).await;
     session.cancel();
     drop(ctrl_tx);
@@ -165,6 +244,7 @@ where
 
 async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &StreamSettings, router: &RouterHandle, ctrl: &mpsc::Sender<Ctrl>, session: &CancellationToken) -> &'static str {
     let mut dec = StreamDecoder::new(s.max_event);
+    let mut rate = ReadRate::new(s.read_rate);
     let mut last_rx = Instant::now();
     let mut next_ping = last_rx + PING_AFTER;
     // As client: a request is outstanding / negotiation is over (either way) for good.
@@ -189,6 +269,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
                 Ok(0) => return "end of stream",
                 Ok(n) => {
                     s.counters.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    rate.bytes(n, &s.counters, &s.link, remote, session).await;
                     last_rx = Instant::now();
                     next_ping = last_rx + PING_AFTER;
                 }
@@ -200,6 +281,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
             _ = sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= idle_at {
+                    LinkCounters::inc(&s.counters.idle_timeouts);
                     tracing::info!(link = %s.link, remote, secs = s.idle_timeout.as_secs_f64(), "idle timeout");
                     return "idle timeout";
                 }
@@ -261,6 +343,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
                 }
                 Some(Control::Pong) => {}
                 None => {
+                    rate.event(&s.counters, &s.link, remote, session).await;
                     ingest(router, &s.policy, &s.counters, id, ev, true).await;
                 }
             }
@@ -268,7 +351,8 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &S
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, codec: Arc<std::sync::atomic::AtomicU8>, s: Arc<StreamSettings>, session: CancellationToken, shutdown: CancellationToken) {
+#[allow(clippy::too_many_arguments)]
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, mut ctrl: mpsc::Receiver<Ctrl>, mut format: WireFormat, codec: Arc<std::sync::atomic::AtomicU8>, s: Arc<StreamSettings>, remote: String, session: CancellationToken, shutdown: CancellationToken) {
     // Grows on first use: an idle connection holds no write buffer.
     let mut buf: Vec<u8> = Vec::new();
     let mut paused_until: Option<Instant> = None;
@@ -344,12 +428,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc
         if !buf.is_empty() {
             // A peer that stops reading must not hold this task forever.
             let r = tokio::select! {
-                r = write_all(&mut wr, &buf, &s) => r,
+                r = tokio::time::timeout(s.write_timeout, write_all(&mut wr, &buf, &s)) => r,
                 _ = session.cancelled() => break,
             };
-            if let Err(e) = r {
-                tracing::debug!(link = %s.link, "write error: {e}");
-                break;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(link = %s.link, "write error: {e}");
+                    break;
+                }
+                Err(_) => {
+                    LinkCounters::inc(&s.counters.slow_consumers);
+                    tracing::warn!(link = %s.link, remote = %remote, secs = s.write_timeout.as_secs_f64(), bytes = buf.len(), "slow consumer: a write did not complete within the write timeout; disconnecting");
+                    break;
+                }
             }
         }
         if let Some(f) = switch_after {

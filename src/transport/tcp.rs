@@ -38,15 +38,30 @@ pub struct Endpoint {
 pub struct Limits {
     pub max_connections: Option<usize>,
     pub max_per_address: Option<usize>,
+    /// Connections presenting one certificate (by fingerprint), checked after the handshake.
+    pub max_per_identity: Option<usize>,
     /// TLS handshakes in progress at once (a storm of slow handshakes must not pile up).
     pub handshakes: Option<Arc<tokio::sync::Semaphore>>,
     open: std::sync::atomic::AtomicUsize,
     per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    per_identity: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Limits {
     pub fn new(max_connections: Option<usize>, max_per_address: Option<usize>, max_handshakes: Option<usize>) -> Limits {
         Limits { max_connections, max_per_address, handshakes: max_handshakes.map(|n| Arc::new(tokio::sync::Semaphore::new(n))), ..Default::default() }
+    }
+
+    /// A place for one more connection with this certificate, or why there is none.
+    fn admit_identity(self: &Arc<Self>, id: &PeerIdentity) -> Result<Option<IdentitySlot>, String> {
+        let Some(max) = self.max_per_identity else { return Ok(None) };
+        let mut per = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per.entry(id.fingerprint.clone()).or_insert(0);
+        if *n >= max {
+            return Err(format!("{n} connections with the certificate of {:?} already (max_connections_per_identity)", id.cn));
+        }
+        *n += 1;
+        Ok(Some(IdentitySlot { limits: self.clone(), fingerprint: id.fingerprint.clone() }))
     }
 
     /// A place for a connection from `ip`, or why there is none.
@@ -84,6 +99,24 @@ impl Drop for Slot {
             *n -= 1;
             if *n == 0 {
                 per.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection's place under the per-identity limit.
+struct IdentitySlot {
+    limits: Arc<Limits>,
+    fingerprint: String,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut per = self.limits.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per.get_mut(&self.fingerprint) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.fingerprint);
             }
         }
     }
@@ -188,11 +221,19 @@ pub async fn listen(listener: TcpListener, sec: Security, settings: Endpoint, se
                         Ok(Ok(tls)) => {
                             let id = super::tls::identity(tls.get_ref().1.peer_certificates());
                             tracing::debug!(link = %settings.link, remote = %addr, identity = ?id, "TLS handshake done");
+                            let _id_slot = match id.as_ref().map(|i| settings.limits.admit_identity(i)).transpose() {
+                                Ok(s) => s.flatten(),
+                                Err(why) => {
+                                    let n = settings.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &format!("connection refused: {why}"));
+                                    return;
+                                }
+                            };
                             session(Box::new(tls), addr.to_string(), id, cancel).await
                         }
                         Ok(Err(e)) => {
                             let n = settings.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &format!("TLS handshake failed: {e}"));
+                            super::stream::log_bad_input(n, &settings.link, &addr.to_string(), &format!("TLS handshake failed: {}", super::tls::explain_accept_error(&e)));
                         }
                         Err(_) => {
                             let n = settings.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

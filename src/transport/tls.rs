@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::router::PeerIdentity;
@@ -58,13 +58,38 @@ fn chain(cert: &Path, ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>,
     Ok(chain)
 }
 
+/// Certificate revocation lists from PEM files (`X509 CRL` blocks) or DER files.
+pub fn load_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(p).map_err(|e| TlsError(format!("{}: {e}", p.display())))?;
+        let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|e| TlsError(format!("{}: {e}", p.display())))?;
+        if pem.is_empty() {
+            if bytes.first() != Some(&0x30) {
+                return Err(TlsError(format!("{}: no certificate revocation list (PEM `X509 CRL` or DER) in file", p.display())));
+            }
+            out.push(CertificateRevocationListDer::from(bytes));
+        } else {
+            out.extend(pem);
+        }
+    }
+    Ok(out)
+}
+
 /// A server configuration. With `ca` and `require_client_cert`, clients must present a
 /// certificate that chains to it; with `ca` only, one is verified when offered.
 pub fn server_config(cert: &Path, key: &Path, ca: Option<&Path>, require_client_cert: bool) -> Result<ServerConfig, TlsError> {
+    server_config_with_crls(cert, key, ca, require_client_cert, &[])
+}
+
+/// [`server_config`], refusing client certificates revoked by `crls` (and those whose
+/// issuer has no list there).
+pub fn server_config_with_crls(cert: &Path, key: &Path, ca: Option<&Path>, require_client_cert: bool, crls: &[std::path::PathBuf]) -> Result<ServerConfig, TlsError> {
     let b = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?;
     let b = match ca {
         Some(ca) => {
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
+            let v = if crls.is_empty() { v } else { v.with_crls(load_crls(crls)?).only_check_end_entity_revocation() };
             let v = if require_client_cert { v } else { v.allow_unauthenticated() };
             b.with_client_cert_verifier(v.build().map_err(|e| TlsError(e.to_string()))?)
         }
@@ -75,10 +100,39 @@ pub fn server_config(cert: &Path, key: &Path, ca: Option<&Path>, require_client_
 
 /// A client configuration that trusts `ca` and presents `cert`/`key` when given.
 pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
-    let b = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?.with_root_certificates(roots(ca)?);
+    client_config_with_crls(ca, cert_key, &[])
+}
+
+/// [`client_config`], refusing server certificates revoked by `crls`.
+pub fn client_config_with_crls(ca: &Path, cert_key: Option<(&Path, &Path)>, crls: &[std::path::PathBuf]) -> Result<ClientConfig, TlsError> {
+    let b = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?;
+    let b = if crls.is_empty() {
+        b.with_root_certificates(roots(ca)?)
+    } else {
+        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).with_crls(load_crls(crls)?).only_check_end_entity_revocation().build().map_err(|e| TlsError(e.to_string()))?;
+        b.dangerous().with_custom_certificate_verifier(v)
+    };
     match cert_key {
         Some((cert, key)) => b.with_client_auth_cert(chain(cert, Some(ca))?, load_key(key)?).map_err(|e| TlsError(format!("{}: {e}", cert.display()))),
         None => Ok(b.with_no_client_auth()),
+    }
+}
+
+/// Why a TLS handshake with a client failed, in words for the operator's log.
+pub fn explain_accept_error(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error as TlsErr};
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<TlsErr>()) else { return e.to_string() };
+    match err {
+        TlsErr::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
+            format!("client certificate expired {} s ago (not valid after UNIX time {}): issue a new one", time.as_secs().saturating_sub(not_after.as_secs()), not_after.as_secs())
+        }
+        TlsErr::InvalidCertificate(CertificateError::Expired) => "client certificate has expired: issue a new one".into(),
+        TlsErr::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => "client certificate is not valid yet: check both clocks".into(),
+        TlsErr::InvalidCertificate(CertificateError::Revoked) => "client certificate is revoked (by the link's crl)".into(),
+        TlsErr::InvalidCertificate(CertificateError::UnknownRevocationStatus) => "client certificate's issuer has no revocation list in the link's crl".into(),
+        TlsErr::InvalidCertificate(CertificateError::UnknownIssuer) => "client certificate does not chain to the link's ca".into(),
+        TlsErr::NoCertificatesPresented => "no client certificate presented, and the link requires one".into(),
+        other => other.to_string(),
     }
 }
 
