@@ -31,6 +31,7 @@ pub mod cot;
 pub mod cotcmd;
 pub mod error;
 pub mod federation;
+pub mod fuzz;
 pub mod metrics;
 pub mod missions;
 pub mod router;

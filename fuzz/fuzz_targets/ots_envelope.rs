@@ -2,6 +2,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = takgate::transport::amqp::decode_ots(data, "takgate-fuzz");
-});
+fuzz_target!(|data: &[u8]| takgate::fuzz::ots_envelope(data));
