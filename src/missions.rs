@@ -36,6 +36,53 @@ impl std::fmt::Debug for OutRol {
     }
 }
 
+/// Queue items written to one federate session and not yet known to have arrived.
+///
+/// Written is not delivered: bytes in our buffers or on a lossy link die with the
+/// connection. An item counts as delivered only when a later health check round trip on
+/// the same connection completed: as client, a SERVING answer to a check sent after the
+/// item was written (HTTP/2 frames share one TCP stream, so the server had the item
+/// first); as server, the next check after our answer to one sent after the item (the
+/// client checks one at a time, so it had our answer, and the item before it). What a
+/// session leaves unconfirmed is sent again by the next one; receivers apply a change
+/// once (the store's unique key), so a repeat is harmless.
+pub struct Receipts {
+    store: Arc<Store>,
+    written: std::sync::Mutex<std::collections::VecDeque<(i64, std::time::Instant)>>,
+}
+
+impl Receipts {
+    pub fn new(store: Arc<Store>) -> Arc<Receipts> {
+        Arc::new(Receipts { store, written: Default::default() })
+    }
+
+    fn written(&self, queue_id: i64) {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).push_back((queue_id, std::time::Instant::now()));
+    }
+
+    /// Marks delivered what was written before `t`; returns how many.
+    pub fn confirm_before(&self, t: std::time::Instant) -> usize {
+        let mut done = Vec::new();
+        {
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            while w.front().is_some_and(|(_, at)| *at < t) {
+                done.extend(w.pop_front().map(|(q, _)| q));
+            }
+        }
+        for q in &done {
+            if let Err(e) = self.store.mark_delivered(*q) {
+                tracing::error!("mission queue: {e}");
+            }
+        }
+        done.len()
+    }
+
+    /// Written and not confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 pub struct Missions {
     pub store: Arc<Store>,
     router: RouterHandle,
@@ -248,8 +295,8 @@ impl Missions {
     }
 
     /// Delivers a server's queue over one federate session, in order, until the session
-    /// ends; what was handed over but not written gets another attempt with backoff.
-    pub async fn deliver(self: Arc<Self>, server_id: i64, tx: mpsc::Sender<OutRol>, stop: CancellationToken) {
+    /// ends; what was not confirmed by `receipts` by then gets another attempt with backoff.
+    pub async fn deliver(self: Arc<Self>, server_id: i64, tx: mpsc::Sender<OutRol>, receipts: Arc<Receipts>, stop: CancellationToken) {
         let store = self.store.clone();
         let _ = store.reset_backoff(server_id);
         let _ = store.set_status(server_id, "connected", None, true);
@@ -275,10 +322,8 @@ impl Missions {
             }
             for p in items {
                 let qid = p.queue_id;
-                let st = store.clone();
-                let out = OutRol { rol: to_rol(&p.change), written: Some(Box::new(move || {
-                    let _ = st.mark_delivered(qid);
-                })) };
+                let r = receipts.clone();
+                let out = OutRol { rol: to_rol(&p.change), written: Some(Box::new(move || r.written(qid))) };
                 tokio::select! {
                     r = tx.send(out) => if r.is_err() { break 'session },
                     _ = stop.cancelled() => break 'session,
@@ -287,7 +332,11 @@ impl Missions {
             }
         }
         if cursor > 0 {
-            let _ = store.mark_failed(server_id, cursor, "the federate disconnected before it was written");
+            let left = receipts.unconfirmed();
+            let _ = store.mark_failed(server_id, cursor, "the session ended before the federate confirmed it (by a health check round trip)");
+            if left > 0 {
+                tracing::info!(server_id, unconfirmed = left, "federate session ended: changes written but not confirmed will be sent again");
+            }
         }
         let _ = store.set_status(server_id, "disconnected", None, false);
     }

@@ -74,8 +74,9 @@ async fn a_mission_change_arrives_once_and_is_announced() {
     assert_eq!(on_b.iter().map(|c| c.ts_ms).collect::<Vec<_>>(), on_a.iter().map(|c| c.ts_ms).collect::<Vec<_>>(), "the origin's timestamps");
     let m = b.store().missions().unwrap();
     assert_eq!((m[0].name.as_str(), m[0].items), ("ops", 2));
+    // Sent counts once a health check round trip after the write confirmed it.
+    assert!(eventually(10.0, || a.store().queue_stats().unwrap().first().is_some_and(|s| (s.sent, s.pending) == (2, 0))).await, "{:?}", a.store().queue_stats());
     let q = a.store().queue_stats().unwrap();
-    assert_eq!(q.iter().map(|s| (s.sent, s.pending)).collect::<Vec<_>>(), [(2, 0)], "{q:?}");
     assert_eq!(q[0].server, format!("fed/node-b:takgate test CA missions1/{}", &q[0].server[q[0].server.len() - 8..]), "an inbound federate's row");
     // B never sends a federated change back.
     assert!(b.store().queue_stats().unwrap().iter().all(|s| s.total == 0));
@@ -117,8 +118,7 @@ async fn a_thousand_changes_queue_while_the_link_is_down_and_arrive_in_order() {
         let got: Vec<String> = b.store().changes(m).unwrap().into_iter().map(|c| c.content_uid).collect();
         assert_eq!(got, sent, "in order for mission {m}");
     }
-    let q = a.store().queue_stats().unwrap();
-    assert_eq!((q[0].sent, q[0].pending), (1000, 0), "{q:?}");
+    assert!(eventually(10.0, || a.store().queue_stats().unwrap().first().is_some_and(|s| (s.sent, s.pending) == (1000, 0))).await, "{:?}", a.store().queue_stats());
     b.shutdown().await;
     a.shutdown().await;
 }
@@ -168,12 +168,19 @@ async fn kill_9_while_changes_are_queued_loses_nothing_and_applies_nothing_twice
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.start_kill().unwrap();
     a.wait().await.unwrap();
+    // The restarted A sends again what no health check confirmed; B applies none twice.
     let mut a = spawn_node(&cfg, a_client).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let queue = || -> serde_json::Value {
+        let out = takgate(&["federation", "queue", "--config", &cfg.display().to_string(), "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let confirmed = eventually(30.0, || {
+        let q = queue();
+        (q["servers"][0]["pending"].as_i64(), q["servers"][0]["sent"].as_i64()) == (Some(0), Some(300))
+    })
+    .await;
+    assert!(confirmed, "{}", queue());
     assert_eq!(b.store().all_changes().unwrap().len(), 300, "nothing applied twice");
-    let out = takgate(&["federation", "queue", "--config", &cfg.display().to_string(), "--json"]);
-    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((q["servers"][0]["pending"].as_i64(), q["servers"][0]["sent"].as_i64()), (Some(0), Some(300)), "{q}");
     let out = takgate(&["missions", "list", "--config", &cfg.display().to_string(), "--json"]);
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(m.as_array().map(|a| a.iter().map(|x| x["items"].as_i64().unwrap_or(0)).sum::<i64>()), Some(300), "{m}");

@@ -63,13 +63,19 @@ async fn next<T>(s: &mut Option<Streaming<T>>) -> Result<Option<T>, Status> {
     }
 }
 
-/// Spawns a bidirectional call whose replies we only drain; its end is reported on `ev`
-/// (an UNIMPLEMENTED answer is ignored when `optional`).
-fn spawn_call<R: Send + 'static>(what: &'static str, call: impl std::future::Future<Output = Result<Response<Streaming<R>>, Status>> + Send + 'static, ev: mpsc::Sender<Ev>, session: CancellationToken, optional: bool) {
+/// Starts a bidirectional call whose replies we only drain; its end is reported on `ev`
+/// (an UNIMPLEMENTED answer is ignored when `optional`). The call is polled once here, so
+/// its request is handed to the connection before whatever we call next (TAK's order).
+async fn spawn_call<R: Send + 'static>(what: &'static str, call: impl std::future::Future<Output = Result<Response<Streaming<R>>, Status>> + Send + 'static, ev: mpsc::Sender<Ev>, session: CancellationToken, optional: bool) {
+    let mut call = Box::pin(call);
+    let first = futures_util::poll!(call.as_mut());
     tokio::spawn(async move {
-        let r = tokio::select! {
-            _ = session.cancelled() => return,
-            r = call => r,
+        let r = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => tokio::select! {
+                _ = session.cancelled() => return,
+                r = call => r,
+            },
         };
         let why = match r {
             Ok(resp) => {
@@ -131,20 +137,34 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
     };
     // 1b. Our groups go on ClientFederateGroupsStream once the server is SERVING.
     let (grp_tx, grp_rx) = mpsc::channel::<FederateGroups>(4);
-    spawn_call("ClientFederateGroupsStream", { let mut c = client.clone(); async move { c.client_federate_groups_stream(recv_stream(grp_rx)).await } }, ev_tx.clone(), session.clone(), true);
+    spawn_call("ClientFederateGroupsStream", { let mut c = client.clone(); async move { c.client_federate_groups_stream(recv_stream(grp_rx)).await } }, ev_tx.clone(), session.clone(), true).await;
+    // A server starts each call's handler on its own task, and two requests that arrive in
+    // one read may start in either order; a short gap keeps TAK's order at the server too.
+    tokio::time::sleep(Duration::from_millis(25)).await;
     // 2. ClientEventStream, with a version so TAK answers our health checks.
     let mut events_in = Some(client.client_event_stream(versioned.clone()).await.map_err(|st| describe("ClientEventStream", &st))?.into_inner());
-    // 3. Health checks.
+    // 3. Health checks; each SERVING answer confirms the mission changes written before it
+    // was asked.
+    let receipts = sh.missions.as_ref().map(|m| crate::missions::Receipts::new(m.store.clone()));
     {
-        let (mut c, ev, stop, every) = (client.clone(), ev_tx.clone(), session.clone(), s.health_interval);
+        let (mut c, ev, stop, every, receipts) = (client.clone(), ev_tx.clone(), session.clone(), s.health_interval, receipts.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
+                let asked = Instant::now();
                 let r = match tokio::time::timeout(Duration::from_secs(10).max(every), c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 })).await {
-                    Ok(Ok(h)) => Ok(h.into_inner().status),
+                    Ok(Ok(h)) => {
+                        let st = h.into_inner().status;
+                        if st == server_health::ServingStatus::Serving as i32 {
+                            if let Some(r) = &receipts {
+                                r.confirm_before(asked.into_std());
+                            }
+                        }
+                        Ok(st)
+                    }
                     Ok(Err(st)) => Err(describe("HealthCheck", &st)),
                     Err(_) => Err("HealthCheck: no answer within 10 s (does the server need a Subscription version? is it alive?)".to_string()),
                 };
@@ -159,7 +179,7 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
     let (rol_tx, rol_rx) = mpsc::channel::<OutRol>(256);
     lock(&sh.rol_out).insert(serial, rol_tx.clone());
     let rol_out = rol_stream(rol_rx, sh.clone(), session.clone(), None).filter_map(|r| std::future::ready(r.ok()));
-    spawn_call("ServerROLStream", { let mut c = client.clone(); async move { c.server_rol_stream(rol_out).await } }, ev_tx.clone(), session.clone(), false);
+    spawn_call("ServerROLStream", { let mut c = client.clone(); async move { c.server_rol_stream(rol_out).await } }, ev_tx.clone(), session.clone(), false).await;
 
     let mut serving = false;
     let mut rol_in: Option<Streaming<Rol>> = None;
@@ -209,8 +229,8 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
                         rol_in = Some(client.client_rol_stream(plain.clone()).await.map_err(|st| describe("ClientROLStream", &st))?.into_inner());
                         // As TAK's client: queued and replayed mission changes go after the
                         // first healthy check.
-                        if let (Some(m), Some(id)) = (&sh.missions, sh.server_id) {
-                            tokio::spawn(m.clone().deliver(id, rol_tx.clone(), session.clone()));
+                        if let (Some(m), Some(id), Some(r)) = (&sh.missions, sh.server_id, &receipts) {
+                            tokio::spawn(m.clone().deliver(id, rol_tx.clone(), r.clone(), session.clone()));
                         }
                     }
                 }
@@ -234,7 +254,7 @@ async fn open_events(client: &mut Client, id: u64, sh: &Arc<Shared>, session: &C
         .attach(PeerInfo { codec: Arc::new(std::sync::atomic::AtomicU8::new(crate::router::codec::FIG_GRPC)), id, link: s.link.clone(), transport: "federation-v2", remote: String::new(), identity: None, policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.child_token() })
         .await;
     let out = EventOut::new(&snapshot, Some(FederatedEvent::default()), rx, s, session.clone()).stream().filter_map(|r| std::future::ready(r.ok()));
-    spawn_call("ServerEventStream", { let mut c = client.clone(); async move { c.server_event_stream(out).await } }, ev.clone(), session.clone(), false);
+    spawn_call("ServerEventStream", { let mut c = client.clone(); async move { c.server_event_stream(out).await } }, ev.clone(), session.clone(), false).await;
 }
 
 fn recv_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {

@@ -11,6 +11,8 @@ struct ConnState {
     rol: Option<CancellationToken>,
     last_health: Instant,
     peer_name: String,
+    /// When we answered the last SERVING health check.
+    last_answer: Option<Instant>,
 }
 
 /// One federate connection (server role): the `FederatedChannel` service of that session.
@@ -25,6 +27,8 @@ struct Conn {
     expired: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
     st: Mutex<ConnState>,
+    /// Mission changes written to this federate, confirmed by its health checks.
+    receipts: Option<Arc<crate::missions::Receipts>>,
 }
 
 impl Conn {
@@ -169,7 +173,13 @@ impl FederatedChannel for Conn {
         let mut st = lock(&self.st);
         let open = st.events.as_ref().is_some_and(|t| !t.is_cancelled());
         let status = if open && client_serving {
-            st.last_health = Instant::now();
+            let now = Instant::now();
+            st.last_health = now;
+            // The client asks again only after our last answer arrived, and that answer
+            // went after everything written before it.
+            if let (Some(prev), Some(r)) = (st.last_answer.replace(now), &self.receipts) {
+                r.confirm_before(prev.into_std());
+            }
             server_health::ServingStatus::Serving
         } else if open {
             server_health::ServingStatus::NotServing
@@ -192,7 +202,8 @@ impl FederatedChannel for Conn {
         if let Some(m) = &self.sh.missions {
             match m.inbound_server(&self.sh.s.link, &self.identity.fingerprint, &self.identity.federate_name(), &self.sh.s.policy) {
                 Ok(server_id) => {
-                    tokio::spawn(m.clone().deliver(server_id, tx, token.clone()));
+                    let receipts = self.receipts.clone().unwrap_or_else(|| crate::missions::Receipts::new(m.store.clone()));
+                    tokio::spawn(m.clone().deliver(server_id, tx, receipts, token.clone()));
                 }
                 Err(e) => tracing::error!(link = %self.sh.s.link, "mission queue unavailable for {name}: {e}"),
             }
@@ -254,7 +265,8 @@ pub async fn serve_connection(io: Box<dyn Io>, remote: String, identity: Option<
         session: session.clone(),
         expired: Arc::default(),
         generation: Arc::default(),
-        st: Mutex::new(ConnState { events: None, rol: None, last_health: Instant::now(), peer_name: String::new() }),
+        st: Mutex::new(ConnState { events: None, rol: None, last_health: Instant::now(), peer_name: String::new(), last_answer: None }),
+        receipts: sh.missions.as_ref().map(|m| crate::missions::Receipts::new(m.store.clone())),
     });
     tracing::info!(link = %sh.s.link, %remote, federate = %identity.federate_name(), fingerprint = %identity.fingerprint, "federate connected (v2)");
     let watchdog = tokio::spawn(watchdog(conn.clone()));
