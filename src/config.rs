@@ -313,7 +313,9 @@ pub struct LinkConfig {
     /// Federation v2: seconds between our health checks as client (default 3).
     pub health_interval_secs: Option<f64>,
     /// Federation v2: as server, close a federate's streams with DEADLINE_EXCEEDED after
-    /// this many seconds without a health check (default 15, as TAK Server).
+    /// this many seconds without a health check (default 15, as TAK Server); as client,
+    /// end the session when a health check goes unanswered this long (default 10). Raise
+    /// both ends on slow, lossy radio links.
     pub health_timeout_secs: Option<f64>,
     #[serde(default)]
     pub policy: PolicyConfig,

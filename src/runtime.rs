@@ -365,7 +365,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
             fs.inbound_groups = l.inbound_groups.clone();
             fs.group_mapping = l.group_mapping.iter().filter_map(|m| m.split_once(':')).map(|(a, b)| (a.to_owned(), b.to_owned())).collect();
             fs.health_interval = secs(l.health_interval_secs, 3.0);
-            fs.health_timeout = secs(l.health_timeout_secs, 15.0);
+            fs.health_timeout = secs(l.health_timeout_secs, if connect { 10.0 } else { 15.0 });
             fs.own_cert = tls::load_certs(cert).map_err(|e| e.0)?.first().map(|c| c.to_vec()).unwrap_or_default();
             let settings = Arc::new(fs);
             let endpoint = tcp::Endpoint { link: l.name.clone(), counters, status: Arc::default(), limits: limits(l) };

@@ -148,6 +148,7 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
     let receipts = sh.missions.as_ref().map(|m| crate::missions::Receipts::new(m.store.clone()));
     {
         let (mut c, ev, stop, every, receipts) = (client.clone(), ev_tx.clone(), session.clone(), s.health_interval, receipts.clone());
+        let patience = s.health_timeout.max(every);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -155,7 +156,7 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
                     _ = tokio::time::sleep(every) => {}
                 }
                 let asked = Instant::now();
-                let r = match tokio::time::timeout(Duration::from_secs(10).max(every), c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 })).await {
+                let r = match tokio::time::timeout(patience, c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 })).await {
                     Ok(Ok(h)) => {
                         let st = h.into_inner().status;
                         if st == server_health::ServingStatus::Serving as i32 {
@@ -166,7 +167,7 @@ async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh:
                         Ok(st)
                     }
                     Ok(Err(st)) => Err(describe("HealthCheck", &st)),
-                    Err(_) => Err("HealthCheck: no answer within 10 s (does the server need a Subscription version? is it alive?)".to_string()),
+                    Err(_) => Err(format!("HealthCheck: no answer within {:.0} s (does the server need a Subscription version? is it alive? a slow link may need a higher health_timeout_secs)", patience.as_secs_f64())),
                 };
                 let failed = r.is_err();
                 if ev.send(Ev::Health(r)).await.is_err() || failed {
