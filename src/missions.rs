@@ -156,14 +156,13 @@ impl Missions {
         } else if !t.starts_with("t-x-m") {
             for name in &m.facts.missions {
                 self.store.ensure_mission(name, "", "", "public")?;
-                if self.store.add_item(name, &ev.uid)? {
-                    let cot = String::from_utf8_lossy(m.encoded(crate::codec::WireFormat::Xml)).into_owned();
-                    changes.push(Change { mission: name.clone(), change_type: "ADD_CONTENT".into(), content_uid: ev.uid.clone(), creator_uid: ev.uid.clone(), ts_ms: ev.time.0, cot_xml: cot, ..Default::default() });
+                if self.store.has_item(name, &ev.uid)? {
+                    continue;
                 }
-            }
-            // the items are recorded above; the changes need no second add
-            for c in changes.drain(..).collect::<Vec<_>>() {
-                self.record_local(c)?;
+                let cot = String::from_utf8_lossy(m.encoded(crate::codec::WireFormat::Xml)).into_owned();
+                let c = Change { mission: name.clone(), change_type: "ADD_CONTENT".into(), content_uid: ev.uid.clone(), creator_uid: ev.uid.clone(), ts_ms: ev.time.0, cot_xml: cot, ..Default::default() };
+                // the item and its change together, or neither
+                self.record_local_with(Some((name, &ev.uid)), c)?;
             }
             return Ok(());
         }
@@ -198,16 +197,17 @@ impl Missions {
     /// Records a change once; a new local change is queued for every federate that should
     /// get it.
     fn record_local(&self, c: Change) -> Result<Option<i64>, crate::store::StoreError> {
-        let Some(id) = self.store.record_change(&c)? else { return Ok(None) };
+        self.record_local_with(None, c)
+    }
+
+    /// Records a local change and queues it for the servers that want it, in one
+    /// transaction (with the new mission item, when given).
+    fn record_local_with(&self, item: Option<(&str, &str)>, c: Change) -> Result<Option<i64>, crate::store::StoreError> {
+        let servers: Vec<i64> = if c.is_federated { vec![] } else { self.store.servers()?.iter().filter(|s| wants(s, &c.mission)).map(|s| s.id).collect() };
+        let Some(id) = self.store.record_change_queued(item, &c, &servers)? else { return Ok(None) };
         LinkCounters::inc(&self.counters.events_in);
         if !c.is_federated {
-            let mut queued = 0;
-            for s in self.store.servers()? {
-                if wants(&s, &c.mission) && self.store.enqueue(s.id, id)? {
-                    queued += 1;
-                }
-            }
-            tracing::debug!(mission = %c.mission, change = %c.change_type, uid = %c.content_uid, queued, "mission change recorded");
+            tracing::debug!(mission = %c.mission, change = %c.change_type, uid = %c.content_uid, queued = servers.len(), "mission change recorded");
             self.notify.notify_waiters();
         }
         Ok(Some(id))

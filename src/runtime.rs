@@ -417,6 +417,7 @@ async fn start_link(l: &LinkConfig, cfg: &Config, router: &RouterHandle, mission
                 backoff: Backoff { min: secs(l.reconnect_min_secs, 0.5), max: secs(l.reconnect_max_secs, 30.0), healthy: Duration::from_secs(60) },
                 policy,
                 counters,
+                missions: Some(missions.clone()),
             });
             tracing::info!(link = %l.name, mode = ?mode, "amqp link starting");
             tracker.spawn(crate::transport::amqp::run(s, router.clone(), cancel));

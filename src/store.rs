@@ -354,6 +354,33 @@ impl Store {
     // ---- the outbound queue
 
     /// Queues change `change_id` for server `server_id` (once).
+    /// In one transaction: adds `item` (mission, uid) when given, and only if it is new
+    /// records `c` and queues it for `servers`. A crash leaves all of it or none, so an
+    /// event redelivered after a crash is recorded exactly once. None: nothing new.
+    pub fn record_change_queued(&self, item: Option<(&str, &str)>, c: &Change, servers: &[i64]) -> Result<Option<i64>, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if let Some((mission, uid)) = item {
+            if tx.execute("INSERT OR IGNORE INTO mission_items (mission_name, uid) VALUES (?1, ?2)", [mission, uid])? == 0 {
+                return Ok(None);
+            }
+        }
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO mission_changes (mission_name, change_type, content_uid, content_hash, creator_uid, ts_ms, is_federated_change, origin_federate, cot_xml) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            params![c.mission, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated as i64, c.origin_federate, c.cot_xml],
+        )?;
+        if n == 0 {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let id = tx.last_insert_rowid();
+        for s in servers {
+            tx.execute("INSERT OR IGNORE INTO outbound_queue (server_id, change_id) VALUES (?1, ?2)", [*s, id])?;
+        }
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
     pub fn enqueue(&self, server_id: i64, change_id: i64) -> Result<bool, StoreError> {
         Ok(self.db().execute("INSERT OR IGNORE INTO outbound_queue (server_id, change_id) VALUES (?1, ?2)", [server_id, change_id])? > 0)
     }

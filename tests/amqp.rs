@@ -217,3 +217,84 @@ async fn cluster_routing_keys_subscribe_by_group_and_type() {
     let (_c, ch) = broker().await;
     cleanup_cluster(&ch, &exchange, &["k1", "k2"]).await;
 }
+
+/// A CoT item sent to `mission` (ADD_CONTENT the first time its uid joins).
+fn to_mission(uid: &str, mission: &str, seq: u32) -> takgate::cot::CotEvent {
+    let now = takgate::cot::CotTime::now();
+    let mut ev = takgate::cot::CotEvent::new(uid, "a-h-G", "h-g-i-g-o", takgate::cot::CotTime(now.0 + seq as i64), 3600);
+    ev.detail.xml = format!(r#"<marti><dest mission="{mission}"/></marti><remarks>seq={seq}</remarks>"#);
+    ev
+}
+
+/// A takgate process, killed (-9) when dropped.
+struct Node(std::process::Child);
+
+impl Node {
+    fn kill_9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+fn spawn_node(cfg: &std::path::Path) -> Node {
+    Node(std::process::Command::new(env!("CARGO_BIN_EXE_takgate")).args(["run", "--config"]).arg(cfg).env("RUST_LOG", "warn").spawn().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_cluster_node_mid_stream_loses_no_mission_change_and_applies_none_twice() {
+    let exchange = format!("takgate-kill-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("takgate-amqp-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("k2.db");
+    let cfg = dir.join("k2.toml");
+    std::fs::write(&cfg, format!("[store]\npath = \"{}\"\n{}", db.display(), cluster_node("k2", &exchange))).unwrap();
+    let (_c, ch) = broker().await;
+    let mut node = spawn_node(&cfg);
+    // The node's durable queue exists once it is up.
+    let queue = format!("{exchange}.k2");
+    let mut declared = false;
+    for _ in 0..100 {
+        let (_c2, probe) = broker().await;
+        if probe.queue_declare(queue.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.is_ok() {
+            declared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(declared, "node k2 declared its queue");
+    // Another node's traffic, as fast as the broker confirms: 1,500 items for two missions,
+    // while k2 is killed three times at random moments and restarted.
+    let total = 1500u32;
+    let kills: Vec<u32> = (0..3).map(|k| 200 + k * 400 + fastrand::u32(..200)).collect();
+    for i in 0..total {
+        let ev = to_mission(&format!("ITEM-{i}"), &format!("m{}", i % 2), i);
+        let mut headers = FieldTable::default();
+        headers.insert("takgate-node".into(), lapin::types::AMQPValue::LongString("k-other".into()));
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        ch.basic_publish(exchange.as_str().into(), "cot.__ANON__.a.h.G".into(), BasicPublishOptions::default(), &xml::encode(&ev), props).await.unwrap().await.unwrap();
+        if kills.contains(&i) {
+            node.kill_9();
+            node = spawn_node(&cfg);
+        }
+    }
+    let store = takgate::store::Store::open(&db.display().to_string()).unwrap();
+    let all = common::eventually(60.0, || store.all_changes().map(|c| c.len()).unwrap_or(0) >= total as usize).await;
+    assert!(all, "k2 recorded {} of {total} changes (kills after items {kills:?})", store.all_changes().unwrap().len());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let changes = store.all_changes().unwrap();
+    assert_eq!(changes.len(), total as usize, "none applied twice");
+    for m in ["m0", "m1"] {
+        let uids: Vec<String> = store.changes(m).unwrap().into_iter().map(|c| c.content_uid).collect();
+        let want: Vec<String> = (0..total).filter(|i| format!("m{}", i % 2) == m).map(|i| format!("ITEM-{i}")).collect();
+        assert_eq!(uids, want, "mission {m} in order");
+    }
+    node.kill_9();
+    cleanup_cluster(&ch, &exchange, &["k2"]).await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -350,3 +350,49 @@ fn logs_explain_refused_certificates_and_hold_no_secret() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tmp("nofile");
+    let cfg = dir.join("gw.toml");
+    std::fs::write(&cfg, format!("[node]\nid = \"nofile\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:{port}\"\n")).unwrap();
+    let log = std::fs::File::create(dir.join("gw.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_takgate")).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stderr(log).spawn().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up);
+    // Leave the gateway a few descriptors more than it uses now.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id())).unwrap().count();
+    let limit = fds + 8;
+    let st = Command::new("prlimit").args(["--pid", &child.id().to_string(), &format!("--nofile={limit}:{limit}")]).status().unwrap();
+    assert!(st.success(), "prlimit");
+    // Far more connections than descriptors: the kernel completes them, accept fails (EMFILE).
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Descriptors are back: the accept loop is still running and relays again.
+    let mut a = Client::tcp(addr).await;
+    let mut b = Client::tcp(addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.send(&pli("FD-A", "A", 1)).await;
+    assert_eq!(b.recv(Duration::from_secs(3)).await.and_then(|e| seq_of(&e)), Some(1), "the gateway accepts and relays after running out of descriptors");
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(dir.join("gw.log")).unwrap();
+    assert!(logs.contains("accept failed"), "the failure is logged: {logs}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -65,6 +65,9 @@ pub struct AmqpSettings {
     pub backoff: Backoff,
     pub policy: Arc<PeerPolicy>,
     pub counters: Arc<LinkCounters>,
+    /// Mission traffic from the broker is written to the mission store before its delivery
+    /// is acknowledged, so a crash cannot lose an acknowledged change.
+    pub missions: Option<Arc<crate::missions::Missions>>,
 }
 
 /// OpenTAKServer's envelope.
@@ -400,12 +403,13 @@ async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], 
     s.counters.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let bad = |what: &dyn std::fmt::Display| {
         let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        log_bad_input(n, &s.link, &s.url, what);
+        log_bad_input(n, &s.link, &crate::config::redact_address(&s.url), what);
     };
     let cot: std::borrow::Cow<'_, [u8]> = match s.mode {
         AmqpMode::Opentakserver => {
             match decode_ots(data, &s.uid) {
                 Ok(Some(ev)) => {
+                    record_mission(s, id, &ev);
                     ingest(router, &s.policy, &s.counters, id, ev, true).await;
                 }
                 Ok(None) => {}
@@ -426,8 +430,22 @@ async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], 
     };
     match xml::decode(&cot) {
         Ok(ev) => {
+            record_mission(s, id, &ev);
             ingest(router, &s.policy, &s.counters, id, ev, true).await;
         }
         Err(e) => bad(&e),
+    }
+}
+
+/// Writes a mission change carried by `ev` to the store now, before the delivery is
+/// acknowledged (the router's mission tap records it again later: a no-op, changes are
+/// recorded once).
+fn record_mission(s: &AmqpSettings, id: u64, ev: &crate::cot::CotEvent) {
+    let Some(m) = &s.missions else { return };
+    let facts = crate::router::message::Facts::of(ev);
+    if facts.is_mission {
+        if let Err(e) = m.intake(&Message::new(ev.clone(), id)) {
+            tracing::error!(link = %s.link, uid = %ev.uid, "mission change not recorded: {e}");
+        }
     }
 }

@@ -173,13 +173,19 @@ fn tune(s: &TcpStream) {
 
 /// Accepts connections until `cancel`.
 pub async fn listen(listener: TcpListener, sec: Security, settings: Endpoint, session: SessionFn, cancel: CancellationToken, tracker: TaskTracker) {
+    let mut accept_errors = 0u64;
     loop {
         let (tcp, addr) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(link = %settings.link, "accept failed: {e}; pausing 100 ms");
+                    // Out of file descriptors (EMFILE) is the usual cause: logged without
+                    // flooding, and the loop goes on once some are free.
+                    accept_errors += 1;
+                    if accept_errors <= 5 || accept_errors.is_power_of_two() {
+                        tracing::warn!(link = %settings.link, count = accept_errors, "accept failed: {e}; pausing 100 ms");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
