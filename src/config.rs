@@ -528,7 +528,7 @@ impl Config {
             }
             for (k, v) in [("max_read_bytes_per_sec", l.max_read_bytes_per_sec), ("max_read_events_per_sec", l.max_read_events_per_sec)] {
                 if let Some(v) = v {
-                    if !(v >= 1.0 && v < 1e12) {
+                    if !(1.0..1e12).contains(&v) {
                         return Err(bad(format!("{k}: must be at least 1")));
                     }
                 }

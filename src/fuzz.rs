@@ -10,8 +10,11 @@ use crate::federation::fig::Rol;
 use crate::federation::{convert, v1};
 use crate::missions::{parse_rol, to_rol};
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as in fuzz/Cargo.toml.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("xml_decode", xml_decode),
     ("stream_decoder", stream_decoder),
     ("datagram", datagram),

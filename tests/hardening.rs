@@ -98,7 +98,8 @@ async fn revoked_certificates_are_refused_by_the_crl_from_takgate_certs_revoke()
     let addr = gw.local_addr("t").unwrap();
     assert!(tls_client(addr, &ca.ca, &ac, &ak).await.is_some(), "alice is not revoked");
     assert!(tls_client(addr, &ca.ca, &mc, &mk).await.is_none(), "mallory is revoked");
-    assert!(gw.counters("t").unwrap().snapshot().decode_errors >= 1, "the refusal is counted");
+    let c = gw.counters("t").unwrap();
+    assert!(common::eventually(3.0, || c.snapshot().decode_errors >= 1).await, "the refusal is counted");
     gw.shutdown().await;
 
     // Revoking alice too, then restarting the link, refuses her as well.
