@@ -48,6 +48,14 @@ pub struct Gateway {
     inner: Arc<Control>,
 }
 
+impl Drop for Gateway {
+    /// A gateway dropped without `shutdown` (a panicking caller) still stops its links, so
+    /// blocking receive threads end and the runtime can close.
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
 /// What a running gateway is made of, shared with the admin API: links can be added and
 /// removed while it runs.
 pub struct Control {

@@ -82,7 +82,11 @@ pub fn now_micros() -> u64 {
 /// The uid is `bench-<client>`, or `bench-<client>-<seq>` with `uid_per_event` (streams far
 /// above 1 kHz per uid would otherwise be (uid, type, time) duplicates at ms resolution).
 pub fn bench_event(client: u32, seq: u64, pad: usize, uid_per_event: bool) -> CotEvent {
-    let now = now_micros();
+    bench_event_at(client, seq, pad, uid_per_event, now_micros())
+}
+
+/// [`bench_event`] stamped with send time `now` (µs since the epoch).
+pub fn bench_event_at(client: u32, seq: u64, pad: usize, uid_per_event: bool, now: u64) -> CotEvent {
     let uid = if uid_per_event { format!("bench-{client}-{seq}") } else { format!("bench-{client}") };
     let mut ev = CotEvent::new(uid, "a-f-G-U-C", "m-g", CotTime((now / 1000) as i64), 60);
     ev.point.lat = 40.0 + (client % 1000) as f64 * 0.001;

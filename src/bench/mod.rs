@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use conn::{bench_event, classify, now_micros, Dial, Seen};
+use conn::{bench_event, bench_event_at, classify, now_micros, Dial, Seen};
 use hist::Histogram;
 
 /// Options shared by the stream scenarios.
@@ -188,11 +188,12 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
                 let mut seq = 0u64;
                 while Instant::now() < stop_at {
                     tick.tick().await;
-                    let ev = bench_event(i, seq, pad, false);
+                    // The time in the event decides the window on both ends.
+                    let t = now_micros();
+                    let ev = bench_event_at(i, seq, pad, false, t);
                     seq += 1;
                     buf.clear();
                     format.encode_into(&ev, &mut buf);
-                    let t = now_micros();
                     if wr.write_all(&buf).await.is_err() {
                         break;
                     }
