@@ -20,15 +20,7 @@ async fn run_relays_and_stops_cleanly_on_sigterm() {
     std::fs::write(&cfg, format!("[node]\nid = \"bin\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:{port}\"\n")).unwrap();
     let mut child = Command::new(BIN).args(["run", "--config"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "takgate run listens");
+    assert!(common::listening(addr, 5.0).await, "takgate run listens");
     let mut a = Client::tcp(addr).await;
     let mut b = Client::tcp(addr).await;
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -361,15 +361,7 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
     let log = std::fs::File::create(dir.join("gw.log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_takgate")).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stderr(log).spawn().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up);
+    assert!(common::listening(addr, 5.0).await);
     // Leave the gateway a few descriptors more than it uses now.
     let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id())).unwrap().count();
     let limit = fds + 8;

@@ -129,13 +129,8 @@ fn takgate(args: &[&str]) -> std::process::Output {
 
 async fn spawn_node(cfg: &Path, client: SocketAddr) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_takgate")).args(["run", "--config"]).arg(cfg).env("RUST_LOG", "warn").kill_on_drop(true).spawn().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(client).await.is_ok() {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("takgate did not start");
+    assert!(common::listening(client, 10.0).await, "takgate did not start");
+    child
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

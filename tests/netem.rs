@@ -223,15 +223,7 @@ async fn federation_v2_over_a_lossy_and_broken_link_delivers_every_mission_chang
     let b_log = std::fs::File::create(dir.join("b.log")).unwrap();
     net.b = Some(Command::new("ip").args(["netns", "exec", &net.ns, env!("CARGO_BIN_EXE_takgate"), "run", "--config"]).arg(&b_cfg).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(b_log).spawn().unwrap());
     let b_client: std::net::SocketAddr = format!("{}:8088", net.b_clean()).parse().unwrap();
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(b_client).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "node B listens in its namespace");
+    assert!(common::listening(b_client, 10.0).await, "node B listens in its namespace");
     let mut beta = Client::tcp(b_client).await;
 
     // CoT policy on A's side of the link: sensor pings never cross.

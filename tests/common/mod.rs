@@ -130,6 +130,19 @@ pub async fn eventually(secs: f64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Whether something accepts TCP connections on `addr` within `secs` (a gateway process
+/// starting up).
+pub async fn listening(addr: SocketAddr, secs: f64) -> bool {
+    let end = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    while tokio::time::Instant::now() < end {
+        if TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// A free UDP port on loopback.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
