@@ -129,16 +129,7 @@ async fn overflow_disconnect_closes_the_slow_peer() {
         ev.detail.xml.push_str(&format!("<pad>{}</pad>", "y".repeat(1000)));
         sender.send(&ev).await;
     }
-    let router = gw.router().clone();
-    let mut left = 2;
-    for _ in 0..100 {
-        left = router.stats().await.len();
-        if left == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 1, "only the sender remains");
+    assert_eq!(common::peers_settle_at(&gw, 1).await, 1, "only the sender remains");
     gw.shutdown().await;
 }
 

@@ -200,16 +200,7 @@ async fn a_peer_that_stops_reading_is_disconnected_by_the_write_timeout() {
         }
     }
     assert_eq!(reader.await.unwrap(), n as usize, "the reading client gets everything");
-    let router = gw.router().clone();
-    let mut left = 0;
-    for _ in 0..100 {
-        left = router.stats().await.len();
-        if left == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 2, "the stalled peer was disconnected");
+    assert_eq!(common::peers_settle_at(&gw, 2).await, 2, "the stalled peer was disconnected");
     let c = gw.counters("c").unwrap().snapshot();
     assert_eq!((c.slow_consumers, c.drops_queue_full), (1, 0), "{c:?}");
     let metrics = takgate::metrics::render(&gw.control()).await;

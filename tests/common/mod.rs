@@ -143,6 +143,19 @@ pub async fn listening(addr: SocketAddr, secs: f64) -> bool {
     false
 }
 
+/// The number of peers attached to `gw`'s router once it reaches `want` (or after 5 s).
+pub async fn peers_settle_at(gw: &Gateway, want: usize) -> usize {
+    let mut left = gw.router().stats().await.len();
+    for _ in 0..100 {
+        if left == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = gw.router().stats().await.len();
+    }
+    left
+}
+
 /// A free UDP port on loopback.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
