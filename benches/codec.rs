@@ -2,6 +2,7 @@
 //! and stream framing. Run: `cargo bench --bench codec`. Results: BENCHMARKS.md.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use prost::Message as _;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,6 +32,13 @@ fn codec(c: &mut Criterion) {
             proto::encode_message_into(black_box(&ev), None, &mut out);
         })
     });
+    // The libraries' own floor on the same event, for the record (BENCHMARKS.md): what
+    // quick-xml costs to tokenize it, and to also visit and unescape every attribute value
+    // (any XML decoder must do both); and what prost's generated code costs to decode the
+    // TakMessage into its own types, before any conversion into a CotEvent.
+    g.bench_function("floor_quickxml_tokens", |b| b.iter(|| xml_floor(black_box(ATAK_PLI), false)));
+    g.bench_function("floor_quickxml_attrs", |b| b.iter(|| xml_floor(black_box(ATAK_PLI), true)));
+    g.bench_function("floor_prost_decode", |b| b.iter(|| takgate::cot::pb::TakMessage::decode(black_box(&payload[..])).unwrap()));
     // Framing alone: 100 XML events per chunk, split after </event>.
     let mut wire = Vec::new();
     for _ in 0..100 {
@@ -50,6 +58,24 @@ fn codec(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+fn xml_floor(doc: &str, attrs: bool) -> usize {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_str(doc);
+    let mut n = 0;
+    loop {
+        match r.read_event().unwrap() {
+            Event::Start(e) | Event::Empty(e) if attrs => {
+                for a in e.attributes().with_checks(false) {
+                    let v = a.unwrap().value;
+                    n += quick_xml::escape::unescape(std::str::from_utf8(&v).unwrap()).unwrap().len();
+                }
+            }
+            Event::Eof => return n,
+            _ => n += 1,
+        }
+    }
 }
 
 criterion_group! {
