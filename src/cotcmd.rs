@@ -186,7 +186,7 @@ pub fn summary_line(ev: &CotEvent) -> String {
             parts.push(name.to_string());
         }
     }
-    let _ = crate::cot::xml::walk_fragment(&d.xml, |n| parts.push(format!("~{}", String::from_utf8_lossy(n))));
+    let _ = crate::cot::fragment::walk_fragment(&d.xml, |n| parts.push(format!("~{}", String::from_utf8_lossy(n))));
     format!(
         "{} {} uid={} how={} time={} stale=+{}s callsign={} point={},{} hae={} detail=[{}]",
         ev.time,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::cot::{xml, CotEvent, CotTime};
+use crate::cot::{fragment, CotEvent, CotTime};
 use crate::federation::fig::{BinaryBlob, BinaryTypes, Rol};
 use crate::router::pattern::PatternList;
 use crate::router::{LinkCounters, LinkId, Message, PeerPolicy, RouterHandle};
@@ -146,10 +146,10 @@ impl Missions {
         if t.starts_with("t-x-m-c") && !t.starts_with("t-x-m-c-l") {
             changes = parse_announcement(ev);
         } else if t == "t-x-m-n" || t == "t-x-m-d" {
-            let name = xml::find_attr(&ev.detail.xml, "mission", "name").unwrap_or_default();
+            let name = fragment::find_attr(&ev.detail.xml, "mission", "name").unwrap_or_default();
             if !name.is_empty() {
-                let guid = xml::find_attr(&ev.detail.xml, "mission", "guid").unwrap_or_default();
-                let creator = xml::find_attr(&ev.detail.xml, "mission", "authorUid").unwrap_or_default();
+                let guid = fragment::find_attr(&ev.detail.xml, "mission", "guid").unwrap_or_default();
+                let creator = fragment::find_attr(&ev.detail.xml, "mission", "authorUid").unwrap_or_default();
                 let ct = if t == "t-x-m-n" { "CREATE_MISSION" } else { "DELETE_MISSION" };
                 changes.push(Change { mission: name, change_type: ct.into(), content_hash: guid, creator_uid: creator, ts_ms: ev.time.0, ..Default::default() });
             }
@@ -356,7 +356,7 @@ fn wants(s: &Server, mission: &str) -> bool {
 /// The changes a `t-x-m-c` announcement carries.
 pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
     let d = &ev.detail.xml;
-    let mission = xml::find_attr(d, "mission", "name").unwrap_or_default();
+    let mission = fragment::find_attr(d, "mission", "name").unwrap_or_default();
     let mut out = vec![];
     let mut rest = d.as_str();
     while let Some(i) = rest.find("<MissionChange>") {
@@ -366,7 +366,7 @@ pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
         let text = |tag: &str| -> String {
             let open = format!("<{tag}>");
             let close = format!("</{tag}>");
-            body.find(&open).and_then(|a| body[a + open.len()..].find(&close).map(|b| xml::unescape_text(&body[a + open.len()..a + open.len() + b]))).unwrap_or_default()
+            body.find(&open).and_then(|a| body[a + open.len()..].find(&close).map(|b| fragment::unescape_text(&body[a + open.len()..a + open.len() + b]))).unwrap_or_default()
         };
         let name = Some(text("missionName")).filter(|n| !n.is_empty()).unwrap_or_else(|| mission.clone());
         let ts = CotTime::parse(&text("timestamp")).map(|t| t.0).unwrap_or(ev.time.0);
@@ -472,7 +472,7 @@ pub fn announcement(c: &Change) -> CotEvent {
     ev.point.ce = 9_999_999.0;
     ev.point.le = 9_999_999.0;
     let mut d = Vec::new();
-    let esc = |s: &str, d: &mut Vec<u8>| xml::escape_attr(s, d);
+    let esc = |s: &str, d: &mut Vec<u8>| fragment::escape_attr(s, d);
     d.extend_from_slice(b"<mission type=\"");
     d.extend_from_slice(if c.change_type == "CREATE_MISSION" || c.change_type == "DELETE_MISSION" { c.change_type.split('_').next().unwrap_or("CHANGE") } else { "CHANGE" }.as_bytes());
     d.extend_from_slice(b"\" tool=\"public\" name=\"");
@@ -545,7 +545,7 @@ mod tests {
     fn announcements_parse_and_are_written_like_tak() {
         let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/xml/takaware_t-x-m-c_add-content.xml"));
         if let Ok(raw) = raw {
-            let ev = xml::decode(&raw).unwrap();
+            let ev = crate::cot::xml::decode(&raw).unwrap();
             let c = parse_announcement(&ev);
             assert_eq!(c.len(), 1);
             assert_eq!((c[0].mission.as_str(), c[0].change_type.as_str(), c[0].content_uid.as_str(), c[0].is_federated), ("FT-Test4", "ADD_CONTENT", "A4F2E606-A1AF-4FA3-AB97-211DA9DEF357", false));
@@ -554,7 +554,7 @@ mod tests {
         let c = Change { id: 3, mission: "ops".into(), change_type: "ADD_CONTENT".into(), content_uid: "u<1>".into(), creator_uid: "me".into(), ts_ms: 1_700_000_000_000, is_federated: true, ..Default::default() };
         let ev = announcement(&c);
         assert_eq!(ev.cot_type, "t-x-m-c");
-        let back = parse_announcement(&xml::decode(&xml::encode(&ev)).unwrap());
+        let back = parse_announcement(&crate::cot::xml::decode(&crate::cot::xml::encode(&ev)).unwrap());
         assert_eq!(back, vec![Change { id: 0, ..c }]);
     }
 }

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use takgate::codec::{decode_frame, StreamDecoder, WireFormat};
-use takgate::cot::xml::escape_attr;
+use takgate::cot::fragment::escape_attr;
 use takgate::cot::{Contact, CotEvent, CotTime, Track};
 
 fn event() -> impl Strategy<Value = CotEvent> {

@@ -11,7 +11,7 @@ use common::corpus::xml_files;
 use common::py::{python, script};
 use serde_json::Value;
 use takgate::codec::WireFormat;
-use takgate::cot::{xml, HexLine};
+use takgate::cot::{fragment, xml, HexLine};
 
 const TYPED: [(&str, &str); 6] = [("contact", "contact"), ("group", "__group"), ("precisionLocation", "precisionlocation"), ("status", "status"), ("takv", "takv"), ("track", "track")];
 
@@ -22,7 +22,7 @@ fn run_check(args: &[String]) -> Vec<Value> {
 
 fn names(xml_detail: &str) -> BTreeSet<String> {
     let mut s = BTreeSet::new();
-    let _ = xml::walk_fragment(xml_detail, |n| {
+    let _ = fragment::walk_fragment(xml_detail, |n| {
         s.insert(String::from_utf8_lossy(n).into_owned());
     });
     s

@@ -186,6 +186,6 @@ impl CotEvent {
         if let Some(c) = &self.detail.contact {
             return Some(std::borrow::Cow::Borrowed(&c.callsign));
         }
-        crate::cot::xml::find_attr(&self.detail.xml, "contact", "callsign").map(std::borrow::Cow::Owned)
+        crate::cot::fragment::find_attr(&self.detail.xml, "contact", "callsign").map(std::borrow::Cow::Owned)
     }
 }

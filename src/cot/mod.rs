@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod event;
+pub mod fragment;
 pub mod pb;
 pub mod proto;
 pub mod sample;

@@ -9,7 +9,8 @@ use prost::Message as _;
 use super::event::{Contact, CotEvent, Detail, DetailExtension, Group, Point, PrecisionLocation, Status, Takv, Track};
 use super::pb;
 use super::time::CotTime;
-use super::xml::{walk_fragment, DEFAULT_HOW};
+use super::fragment::walk_fragment;
+use super::xml::DEFAULT_HOW;
 use crate::error::CodecError;
 
 fn opt(s: &Option<String>) -> String {

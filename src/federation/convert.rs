@@ -10,7 +10,8 @@
 //!   zeros meaning "none"); destinations come back as `marti/dest`.
 
 use super::fig::GeoEvent;
-use crate::cot::xml::{self, escape_attr};
+use crate::cot::fragment::{self, escape_attr};
+use crate::cot::xml;
 use crate::cot::{CotEvent, CotTime, Detail, Point, PrecisionLocation, Status, Track};
 use crate::error::CodecError;
 use crate::router::message::Facts;
@@ -22,7 +23,7 @@ fn nonempty(s: &Option<String>) -> String {
 /// The GeoEvent for `ev`, whose routing facts (destinations) are `facts`.
 pub fn to_geo(ev: &CotEvent, facts: &Facts) -> GeoEvent {
     let d = &ev.detail;
-    let verbatim = if ev.detail.xml.contains("<marti") { xml::without_element(&d.xml, "marti") } else { d.xml.clone() };
+    let verbatim = if ev.detail.xml.contains("<marti") { fragment::without_element(&d.xml, "marti") } else { d.xml.clone() };
     let rest = Detail { status: None, track: None, precision_location: None, xml: String::new(), ..d.clone() };
     let other = if verbatim.is_empty() && rest.is_empty() {
         String::new()
@@ -69,7 +70,7 @@ pub fn from_geo(g: GeoEvent) -> Result<CotEvent, CodecError> {
     }
     let mut detail = if g.other.trim().is_empty() { Detail::default() } else { xml::decode_detail_element(&g.other)? };
     let mut names = std::collections::HashSet::new();
-    xml::walk_fragment(&detail.xml, |n| {
+    fragment::walk_fragment(&detail.xml, |n| {
         names.insert(String::from_utf8_lossy(n).into_owned());
     })?;
     if detail.track.is_none() && !names.contains("track") && (g.speed != 0.0 || g.course != 0.0) {

@@ -23,7 +23,7 @@ use super::convert::{from_geo, to_geo};
 use super::fig::{ContactListEntry, Crud, FederateHops, FederateProvenance, FederatedEvent};
 use super::v1::{self, Decoder};
 use crate::config::Overflow;
-use crate::cot::{xml, CotEvent, CotTime};
+use crate::cot::{fragment, CotEvent, CotTime};
 use crate::router::pattern::PatternList;
 use crate::router::{FedMeta, LinkCounters, Message, PeerIdentity, PeerInfo, PeerPolicy, RouterHandle};
 use crate::transport::stream::{ingest_from, log_bad_input};
@@ -137,8 +137,8 @@ pub(crate) fn federated_for(m: &Message, s: &FedSettings, announced: &mut HashSe
         None => (1, s.max_hops),
     };
     if ev.cot_type == "t-x-d-d" {
-        let Some(uid) = xml::find_attr(&ev.detail.xml, "link", "uid") else { return false };
-        let typ = xml::find_attr(&ev.detail.xml, "link", "type").unwrap_or_default();
+        let Some(uid) = fragment::find_attr(&ev.detail.xml, "link", "uid") else { return false };
+        let typ = fragment::find_attr(&ev.detail.xml, "link", "type").unwrap_or_default();
         announced.remove(&uid);
         out(FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, callsign: typ, ..Default::default() }), federate_groups: groups, ..Default::default() });
         return true;
@@ -317,9 +317,9 @@ pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router
                 let mut ev = CotEvent::new(format!("{}-delete", c.uid), "t-x-d-d", "h-g-i-g-o", CotTime::now(), 20);
                 let mut d = Vec::new();
                 d.extend_from_slice(b"<link uid=\"");
-                xml::escape_attr(&c.uid, &mut d);
+                fragment::escape_attr(&c.uid, &mut d);
                 d.extend_from_slice(b"\" relation=\"p-p\" type=\"");
-                xml::escape_attr(&c.callsign, &mut d);
+                fragment::escape_attr(&c.callsign, &mut d);
                 d.extend_from_slice(b"\"/><__forcedelete/>");
                 ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
                 ingest_from(router, &s.policy, &s.counters, id, ev, true, Some(meta())).await;

@@ -477,7 +477,7 @@ impl Router {
             }
         }
         if m.event.cot_type == "t-x-d-d" {
-            if let Some(gone) = crate::cot::xml::find_attr(&m.event.detail.xml, "link", "uid") {
+            if let Some(gone) = crate::cot::fragment::find_attr(&m.event.detail.xml, "link", "uid") {
                 self.latest_sa.remove(&gone);
             }
         }

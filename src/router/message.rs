@@ -10,7 +10,7 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use crate::codec::WireFormat;
-use crate::cot::{xml, CotEvent, CotTime};
+use crate::cot::{fragment, CotEvent, CotTime};
 
 /// Identifies one attached peer (a connection, a datagram endpoint).
 pub type LinkId = u64;
@@ -35,7 +35,7 @@ impl Facts {
         let mut f = Facts { callsign: ev.callsign().map(|c| c.into_owned()), ..Default::default() };
         f.group = match &ev.detail.group {
             Some(g) => Some(g.name.clone()),
-            None if ev.detail.xml.contains("<__group") => xml::find_attr(&ev.detail.xml, "__group", "name"),
+            None if ev.detail.xml.contains("<__group") => fragment::find_attr(&ev.detail.xml, "__group", "name"),
             None => None,
         };
         if ev.detail.xml.contains("<marti") {
@@ -43,7 +43,7 @@ impl Facts {
         }
         if ev.cot_type.starts_with("t-x-m-") {
             f.is_mission = true;
-            if let Some(name) = xml::find_attr(&ev.detail.xml, "mission", "name") {
+            if let Some(name) = fragment::find_attr(&ev.detail.xml, "mission", "name") {
                 if !f.missions.contains(&name) {
                     f.missions.push(name);
                 }
@@ -108,7 +108,7 @@ fn dest(e: &quick_xml::events::BytesStart<'_>, f: &mut Facts) {
 
 /// Whether `ev` already passed through the node `node_id` (its `_flow-tags_` has our tag).
 pub fn has_flow_tag(ev: &CotEvent, node_id: &str) -> bool {
-    ev.detail.xml.contains("<_flow-tags_") && xml::find_attr(&ev.detail.xml, "_flow-tags_", node_id).is_some()
+    ev.detail.xml.contains("<_flow-tags_") && fragment::find_attr(&ev.detail.xml, "_flow-tags_", node_id).is_some()
 }
 
 /// Adds `node_id="now"` to the event's `_flow-tags_` (creating the element if needed).
@@ -222,7 +222,7 @@ mod tests {
         stamp_flow_tag(&mut e2, "gw1", CotTime(1000));
         assert_eq!(e2.detail.xml, r#"<remarks/><_flow-tags_ gw1="1970-01-01T00:00:01.000Z"/>"#);
         // the stamped event survives an XML round trip
-        assert_eq!(xml::decode(&xml::encode(&e2)).unwrap(), e2);
+        assert_eq!(crate::cot::xml::decode(&crate::cot::xml::encode(&e2)).unwrap(), e2);
     }
 
     #[test]
