@@ -1,6 +1,7 @@
--- takgate store schema (SQLite, WAL). Applied by the store at start (src/store.rs): every
--- statement is idempotent, and the version is recorded in PRAGMA user_version; a store
--- written by a newer takgate is refused rather than guessed at.
+-- takgate store schema, version 1 (SQLite, WAL). Applied by the store at start
+-- (src/store/mod.rs): every statement is idempotent; the migrations to later versions
+-- follow it there, and the version is recorded in PRAGMA user_version (a store written
+-- by a newer takgate is refused rather than guessed at).
 PRAGMA foreign_keys = ON;
 
 -- Federation peers: from the config file (source 'config', reconciled at start), the admin
@@ -89,4 +90,3 @@ CREATE TABLE IF NOT EXISTS outbound_queue (
 );
 CREATE INDEX IF NOT EXISTS outbound_pending ON outbound_queue (server_id, delivered_at, id);
 
-PRAGMA user_version = 1;

@@ -128,14 +128,14 @@ impl Authority {
     /// `dir/revoked.txt` and a new `dir/crl.pem` is signed (valid `days`), listing every
     /// certificate revoked so far. Returns the CRL's path, for a link's `crl`.
     pub fn revoke(&self, cert: &Path, days: u32) -> Result<PathBuf, String> {
-        let der = crate::transport::tls::load_certs(cert).map_err(|e| e.0)?;
+        let der = crate::link::tls::load_certs(cert).map_err(|e| e.0)?;
         let (_, x) = x509_parser::parse_x509_certificate(&der[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
         let ca_der = self.issuer_der()?;
         let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref()).map_err(|e| format!("{}: {e}", self.ca.display()))?;
         if x.issuer().as_raw() != ca.subject().as_raw() {
             return Err(format!("{}: not issued by this CA ({})", cert.display(), ca.subject()));
         }
-        let serial = x.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let serial = hex::encode(x.raw_serial());
         let list = self.dir.join("revoked.txt");
         let mut text = std::fs::read_to_string(&list).unwrap_or_default();
         if !text.lines().any(|l| l.split_whitespace().next() == Some(serial.as_str())) {
@@ -153,7 +153,7 @@ impl Authority {
         for l in text.lines() {
             let mut f = l.split_whitespace();
             let (Some(hex), Some(at)) = (f.next(), f.next()) else { continue };
-            let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+            let Ok(bytes) = hex::decode(hex) else { continue };
             let at = at.parse::<i64>().ok().and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()).unwrap_or_else(time::OffsetDateTime::now_utc);
             revoked.push(RevokedCertParams { serial_number: SerialNumber::from_slice(&bytes), revocation_time: at, reason_code: None, invalidity_date: None });
         }
@@ -173,7 +173,7 @@ impl Authority {
     }
 
     fn issuer_der(&self) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
-        crate::transport::tls::load_certs(&self.ca).map_err(|e| e.0)?.into_iter().next().ok_or_else(|| format!("{}: empty", self.ca.display()))
+        crate::link::tls::load_certs(&self.ca).map_err(|e| e.0)?.into_iter().next().ok_or_else(|| format!("{}: empty", self.ca.display()))
     }
 
     /// A leaf usable as server and client (federation links are both).
@@ -187,8 +187,8 @@ impl Authority {
 /// AES-256 and HMAC-SHA256.
 pub fn export_p12(cert: &Path, key: &Path, out: &Path, password: &str, legacy: bool) -> Result<(), String> {
     use p12_keystore::{Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain};
-    let certs = crate::transport::tls::load_certs(cert).map_err(|e| e.0)?;
-    let key_der = crate::transport::tls::load_key(key).map_err(|e| e.0)?;
+    let certs = crate::link::tls::load_certs(cert).map_err(|e| e.0)?;
+    let key_der = crate::link::tls::load_key(key).map_err(|e| e.0)?;
     let rustls::pki_types::PrivateKeyDer::Pkcs8(k) = key_der else { return Err(format!("{}: PKCS#8 key expected", key.display())) };
     let chain: Vec<Certificate> = certs.iter().map(|c| Certificate::from_der(c)).collect::<Result<_, _>>().map_err(err)?;
     let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &certs[0]);
@@ -214,18 +214,18 @@ mod tests {
         // reloaded from its files, the CA signs again
         let again = Authority::load(&dir).unwrap();
         let (cc, ck) = again.issue(Kind::Client, "alice", &[], 30).unwrap();
-        assert_eq!(crate::transport::tls::load_certs(&cc).unwrap().len(), 2, "leaf and CA");
+        assert_eq!(crate::link::tls::load_certs(&cc).unwrap().len(), 2, "leaf and CA");
         let p12 = dir.join("alice.p12");
         export_p12(&cc, &ck, &p12, "atakatak", true).unwrap();
         let ks = p12_keystore::KeyStore::from_pkcs12(&std::fs::read(&p12).unwrap(), "atakatak", p12_keystore::Pkcs12ImportPolicy::Relaxed).unwrap();
         let (_, chain) = ks.private_key_chain().unwrap();
         assert_eq!(chain.certs().len(), 2);
         assert!(again.issue(Kind::Server, "nosan", &[], 30).is_err());
-        let sc = crate::transport::tls::server_config(&c, &k, Some(&a.ca), true).unwrap();
+        let sc = crate::link::tls::server_config(&c, &k, Some(&a.ca), true).unwrap();
         assert!(sc.alpn_protocols.is_empty());
-        let cc = crate::transport::tls::client_config(&a.ca, Some((&c, &k)));
+        let cc = crate::link::tls::client_config(&a.ca, Some((&c, &k)));
         assert!(cc.is_ok());
-        let der = crate::transport::tls::load_certs(&c).unwrap();
+        let der = crate::link::tls::load_certs(&c).unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
         let sans = format!("{:?}", x.subject_alternative_name().unwrap().unwrap().value.general_names);
         assert!(sans.contains("DNSName(\"localhost\")") && sans.contains("IPAddress([127, 0, 0, 1])"), "{sans}");

@@ -38,10 +38,10 @@ pub struct Summary {
 
 fn decode_hex_line(line: &str) -> Option<Vec<u8>> {
     let h: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-    if h.is_empty() || h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if h.is_empty() {
         return None;
     }
-    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok()).collect()
+    hex::decode(h).ok()
 }
 
 fn looks_like_hex(input: &[u8]) -> bool {
@@ -146,7 +146,7 @@ pub fn convert(input: &[u8], from: From, to: To, hex: bool, out: &mut dyn Write,
                         let f = if to == To::ProtoStream { WireFormat::ProtoStream } else { WireFormat::ProtoMesh };
                         f.encode_into(&ev, &mut buf);
                         if hex {
-                            writeln!(out, "{}", crate::cot::HexDisplay(&buf))
+                            writeln!(out, "{}", crate::cot::HexLine(&buf))
                         } else {
                             out.write_all(&buf)
                         }

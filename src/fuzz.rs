@@ -87,8 +87,13 @@ pub fn fig_v1(data: &[u8]) {
 /// t-x-m-c announcements.
 pub fn rol(data: &[u8]) {
     let program = String::from_utf8_lossy(data).into_owned();
-    if let Ok(Some(c)) = parse_rol(&Rol { program, ..Default::default() }) {
-        assert_eq!(parse_rol(&to_rol(&c)), Ok(Some(c)));
+    if let Ok(changes) = parse_rol(&Rol { program, ..Default::default() }) {
+        for c in changes {
+            let Some(rol) = to_rol(&c, &[]) else { continue };
+            let back = parse_rol(&rol).expect("our own ROL parses");
+            let key = |c: &crate::store::Change| (c.mission.clone(), c.change_type, c.content_uid.clone(), c.content_hash.clone(), c.creator_uid.clone(), c.ts_ms);
+            assert_eq!(back.iter().map(key).collect::<Vec<_>>(), vec![key(&c)], "{}", rol.program);
+        }
     }
     if let Ok(ev) = xml::decode(data) {
         let _ = crate::missions::parse_announcement(&ev);

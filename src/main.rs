@@ -264,7 +264,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(takgate::runtime::run(&cfg, shutdown_signal())) {
+            match rt.block_on(run(&cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -376,6 +376,9 @@ fn main() -> ExitCode {
         }
         Cmd::Config { cmd: ConfigCmd::Check { file } } => match Config::load(&file) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok ({} links)", file.display(), c.links.len());
                 ExitCode::SUCCESS
             }
@@ -419,9 +422,16 @@ fn probe_target(target: &str, config: Option<PathBuf>, protocol: Option<String>,
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default_config(),
     };
-    let link = cfg.links.iter().find(|l| l.name == target && l.transport.is_federation());
-    let (address, l_ca, l_cert, l_key, l_name, l_proto) = match link {
-        Some(l) => (l.address.clone(), l.ca.clone(), l.cert.clone(), l.key.clone(), l.server_name.clone(), Some(if l.transport == Transport::FederationV2 { 2 } else { 1 })),
+    let link = cfg.links.iter().find(|l| l.name == target && l.transport().is_federation());
+    let (address, l_ca, l_cert, l_key, l_name, l_proto) = match link.map(|l| (l, &l.kind)) {
+        Some((l, takgate::config::LinkKind::FederationV1(f) | takgate::config::LinkKind::FederationV2(f))) => {
+            let name = match &f.role {
+                takgate::config::Role::Connect { tls, .. } => tls.server_name.clone(),
+                takgate::config::Role::Listen { .. } => None,
+            };
+            (l.address(), f.tls.ca.clone(), f.tls.cert.clone(), f.tls.key.clone(), name, Some(if l.transport() == Transport::FederationV2 { 2 } else { 1 }))
+        }
+        Some(_) => unreachable_link(target)?,
         None if target.contains(':') => (target.to_string(), None, None, None, None, None),
         None => return Err(format!("{target:?} is neither a federation link in {} nor HOST:PORT", config.map(|p| p.display().to_string()).unwrap_or("the embedded configuration".into()))),
     };
@@ -453,7 +463,28 @@ fn open_store(config: Option<PathBuf>) -> Result<takgate::store::Store, String> 
     if !std::path::Path::new(&path).exists() {
         return Err(format!("{path}: no store yet (the gateway creates it when it starts)"));
     }
-    takgate::store::Store::open(&path).map_err(|e| e.0)
+    takgate::store::Store::open(&path).map_err(|e| e.to_string())
+}
+
+fn unreachable_link<T>(target: &str) -> Result<T, String> {
+    Err(format!("{target:?} is not a federation link"))
+}
+
+/// Runs the gateway and its admin API until Ctrl-C or SIGTERM, then stops it cleanly.
+async fn run(cfg: &Config) -> Result<(), takgate::link::StartError> {
+    let nofile = takgate::link::listen::raise_nofile_limit();
+    tracing::debug!(nofile, "file-descriptor limit");
+    let gw = takgate::runtime::start(cfg).await?;
+    if let Some(a) = &cfg.admin {
+        if let Err(e) = takgate::admin::spawn(&gw, a).await {
+            gw.shutdown().await;
+            return Err(e);
+        }
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    gw.shutdown().await;
+    Ok(())
 }
 
 fn ms_text(ms: i64) -> String {
@@ -465,7 +496,7 @@ fn ms_text(ms: i64) -> String {
 fn store_report(cmd: MissionsCmd) -> Result<(), String> {
     match cmd {
         MissionsCmd::List { config, json } => {
-            let m = open_store(config)?.missions().map_err(|e| e.0)?;
+            let m = open_store(config)?.missions().map_err(|e| e.to_string())?;
             if json {
                 println!("{}", serde_json::to_string(&m).unwrap_or_default());
             } else {
@@ -476,7 +507,7 @@ fn store_report(cmd: MissionsCmd) -> Result<(), String> {
             }
         }
         MissionsCmd::Changes { name, config, json } => {
-            let c = open_store(config)?.changes(&name).map_err(|e| e.0)?;
+            let c = open_store(config)?.changes(&name).map_err(|e| e.to_string())?;
             if json {
                 println!("{}", serde_json::to_string(&c).unwrap_or_default());
             } else {
@@ -494,8 +525,8 @@ fn store_report(cmd: MissionsCmd) -> Result<(), String> {
 
 fn queue_report(config: Option<PathBuf>, limit: usize, json: bool) -> Result<(), String> {
     let store = open_store(config)?;
-    let stats = store.queue_stats().map_err(|e| e.0)?;
-    let pending = if limit > 0 { store.all_pending(limit).map_err(|e| e.0)? } else { vec![] };
+    let stats = store.queue_stats().map_err(|e| e.to_string())?;
+    let pending = if limit > 0 { store.all_pending(limit).map_err(|e| e.to_string())? } else { vec![] };
     if json {
         println!("{}", serde_json::json!({"servers": stats, "pending": pending}));
         return Ok(());

@@ -149,7 +149,7 @@ async fn federation_server_crud_takes_effect_without_a_restart() {
     assert_eq!(body["server"]["mission_filter"], "[\"ops-*\"]", "as OpenTAKServer: the JSON text");
     let up = federates_become(1).await;
     assert!(up, "the new server connected");
-    assert!(eventually(5.0, || a.connection("east").is_some_and(|c| c.state == "connected")).await);
+    assert!(eventually(5.0, || a.connection("east").is_some_and(|c| c.state == takgate::link::LinkState::Connected)).await);
     let (st, s) = api(addr, "GET", &format!("/api/federation/servers/{id}/status"), None).await;
     assert_eq!(st, 200);
     assert_eq!(s["status"]["server"]["status"], "connected", "{s}");
@@ -262,7 +262,7 @@ async fn admin_api_over_mutual_tls() {
     let connect = |with_cert: bool| {
         let (ca, cert, key) = (pki.ca.clone(), cert.clone(), key.clone());
         async move {
-            let cc = takgate::transport::tls::client_config(&ca, with_cert.then_some((cert.as_path(), key.as_path()))).unwrap();
+            let cc = takgate::link::tls::client_config(&ca, with_cert.then_some((cert.as_path(), key.as_path()))).unwrap();
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             tokio_rustls::TlsConnector::from(std::sync::Arc::new(cc)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await
         }

@@ -39,7 +39,7 @@ async fn certificates_from_takgate_certs_work_for_tls_clients_and_federation() {
     let p = |f: &str| dir.join(f).display().to_string();
     // Key usages as TAK peers check them.
     for (f, eku) in [("localhost.pem", "server"), ("alice.pem", "client"), ("fed-a.pem", "both")] {
-        let der = takgate::transport::tls::load_certs(Path::new(&p(f))).unwrap();
+        let der = takgate::link::tls::load_certs(Path::new(&p(f))).unwrap();
         assert_eq!(der.len(), 2, "{f}: leaf and CA");
         let (_, x) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
         let e = x.extended_key_usage().unwrap().unwrap().value;
@@ -76,7 +76,7 @@ async fn certificates_from_takgate_certs_work_for_tls_clients_and_federation() {
     ))
     .await;
     let mut bravo = Client::tcp(b.local_addr("c").unwrap()).await;
-    let ok = common::eventually(10.0, || b.connection("fed").is_some_and(|c| c.state == "connected")).await;
+    let ok = common::eventually(10.0, || b.connection("fed").is_some_and(|c| c.state == takgate::link::LinkState::Connected)).await;
     assert!(ok);
     tokio::time::sleep(Duration::from_millis(800)).await;
     local.send(&pli("ANDROID-A", "ALPHA", 7)).await;

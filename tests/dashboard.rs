@@ -46,7 +46,7 @@ async fn dashboard_adds_tests_and_disables_a_federation_server() {
     assert_eq!(r["edit_key_shown"], false, "the page never shows a key");
     assert!(r["queue_rows"].as_u64().unwrap() >= 1);
     // What the page did happened: the federate is connected to B, saved with its filter.
-    assert!(common::eventually(5.0, || a.connection("east").is_some_and(|c| c.state == "connected")).await);
+    assert!(common::eventually(5.0, || a.connection("east").is_some_and(|c| c.state == takgate::link::LinkState::Connected)).await);
     let s = a.store().server_by_name("east").unwrap().unwrap();
     assert_eq!((s.enabled, s.mission_filter.clone()), (true, Some(vec!["ops-*".to_string(), "training".to_string()])));
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot saved");

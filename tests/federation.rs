@@ -117,7 +117,7 @@ async fn two_nodes_federate(transport: &str, alpha_on_listener: bool) {
     assert_eq!(tx.done.as_ref().unwrap()["sent"], 3, "{}", tx.stderr);
     let dialer = if alpha_on_listener { &b } else { &a };
     let conn = dialer.connection("fed").unwrap();
-    assert_eq!((conn.state, conn.connects), ("connected", 1), "{conn:?}");
+    assert_eq!((conn.state, conn.connects), (takgate::link::LinkState::Connected, 1), "{conn:?}");
     // The last error stays visible after a reconnect (here: the listener was not up yet).
     assert_eq!(conn.last_error.is_some(), !alpha_on_listener, "{conn:?}");
     b.shutdown().await;

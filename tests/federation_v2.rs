@@ -41,14 +41,24 @@ fn v2_connect(id: &str, ca: &Path, cert: &Path, key: &Path, to: SocketAddr, extr
 }
 
 /// A raw v2 client on its own TLS + HTTP/2 connection, presenting `cert`.
-async fn raw(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> (v2::Client, CancellationToken) {
-    let mut cc = takgate::transport::tls::client_config(ca, Some((cert, key))).unwrap();
+/// The connection of a raw client: dropped, it closes.
+struct RawConn(#[allow(dead_code)] tokio::task::JoinSet<()>, CancellationToken);
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        self.1.cancel();
+    }
+}
+
+async fn raw(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> (v2::Client, RawConn) {
+    let mut cc = takgate::link::tls::client_config(ca, Some((cert, key))).unwrap();
     cc.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cc)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let tok = CancellationToken::new();
-    let c = v2::h2_client(Box::new(tls), &format!("localhost:{}", addr.port()), 64 << 20, &tok).await.unwrap();
-    (c, tok)
+    let mut tasks = tokio::task::JoinSet::new();
+    let c = v2::h2_client(Box::new(tls), &format!("localhost:{}", addr.port()), 64 << 20, &tok, &mut tasks).await.unwrap();
+    (c, RawConn(tasks, tok))
 }
 
 fn sub(name: &str, version: bool) -> Subscription {
@@ -358,7 +368,7 @@ use futures_util::StreamExt;
 
 /// Serves the mock over mutual TLS (ALPN h2), one `Mock` per connection.
 async fn mock_tak(pki: &Pki, mode: Mode) -> (SocketAddr, Arc<Mutex<Log>>, CancellationToken) {
-    let mut sc = takgate::transport::tls::server_config(&pki.server_cert, &pki.server_key, Some(&pki.ca), true).unwrap();
+    let mut sc = takgate::link::tls::server_config(&pki.server_cert, &pki.server_key, Some(&pki.ca), true).unwrap();
     sc.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -435,7 +445,7 @@ async fn client_follows_tak_clients_sequence() {
     assert!(l.received.iter().any(|f| f.contact.as_ref().is_some_and(|c| c.uid == "ANDROID-BRAVO" && c.callsign == "BRAVO")));
     drop(l);
     let conn = b.connection("fed").unwrap();
-    assert_eq!((conn.state, conn.connects), ("connected", 1), "{conn:?}");
+    assert_eq!((conn.state, conn.connects), (takgate::link::LinkState::Connected, 1), "{conn:?}");
     b.shutdown().await;
     stop.cancel();
 }
@@ -510,13 +520,13 @@ async fn wrong_unknown_and_expired_certificates_are_refused() {
     // A federate whose certificate comes from another CA.
     let mut stranger = Pki::new("v2stranger");
     let (sc, sk) = stranger.leaf("stranger", false);
-    let b = gateway(&v2_connect("stranger", &pki.ca, &sc, &sk, addr, "")).await;
+    let b = gateway(&v2_connect("stranger", &pki.ca, &stranger.with_chain(&sc), &sk, addr, "")).await;
     // A federate with an expired certificate from the right CA.
     let (ec, ek) = pki.leaf_expired("expired-peer");
     let c = gateway(&v2_connect("expired", &pki.ca, &ec, &ek, addr, "")).await;
     // A client that does not trust the server's CA.
     let (gc, gk) = pki.leaf("good-peer", false);
-    let d = gateway(&v2_connect("distrustful", &stranger.ca, &gc, &gk, addr, "")).await;
+    let d = gateway(&v2_connect("distrustful", &stranger.ca, &pki.with_chain(&gc), &gk, addr, "")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(a.router().stats().await.iter().filter(|s| s.transport == "federation-v2").count(), 0, "nobody got in");
     assert!(a.counters("fed").unwrap().snapshot().decode_errors >= 3, "each refusal counted");

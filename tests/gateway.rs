@@ -292,7 +292,7 @@ async fn outgoing_connection_negotiates_and_reconnects() {
     assert_eq!(up.negotiated_proto, 1, "B asked for TAK protocol v1 when A offered it");
     assert_eq!(a.counters("in").unwrap().snapshot().negotiated_proto, 1);
     let st = b.connection("up").unwrap();
-    assert_eq!((st.state, st.connects), ("connected", 1));
+    assert_eq!((st.state, st.connects), (takgate::link::LinkState::Connected, 1));
     assert!(st.last_connected.is_some());
     // A goes away and comes back on the same port: B reconnects by itself.
     a.shutdown().await;
@@ -323,7 +323,7 @@ async fn outgoing_connection_negotiates_and_reconnects() {
     assert_eq!(on_a2.recv(Duration::from_secs(2)).await.map(|e| e.uid).as_deref(), Some("FROM-B-AGAIN"));
     assert_eq!(b.counters("up").unwrap().snapshot().negotiated_proto, 2);
     let st = b.connection("up").unwrap();
-    assert_eq!((st.state, st.connects), ("connected", 2));
+    assert_eq!((st.state, st.connects), (takgate::link::LinkState::Connected, 2));
     b.shutdown().await;
     a2.shutdown().await;
 }
@@ -356,12 +356,12 @@ async fn tls_listener_presents_its_issuing_ca_and_verifies_optional_client_certs
         pki.path(&pki.server_key)
     ))
     .await;
-    let cc = takgate::transport::tls::client_config(&pki.ca, None).unwrap();
+    let cc = takgate::link::tls::client_config(&pki.ca, None).unwrap();
     let tcp = tokio::net::TcpStream::connect(gw.local_addr("t").unwrap()).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cc)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
     assert_eq!(chain.len(), 2, "leaf + issuing CA");
-    assert_eq!(chain[1].as_ref(), takgate::transport::tls::load_certs(&pki.ca).unwrap()[0].as_ref());
+    assert_eq!(chain[1].as_ref(), takgate::link::tls::load_certs(&pki.ca).unwrap()[0].as_ref());
     // Without a client certificate (allowed here) the connection still works.
     let mut c = Client::over(Box::pin(tls));
     c.send(&control::ping("x", CotTime::now())).await;

@@ -28,7 +28,7 @@ fn tmp(tag: &str) -> std::path::PathBuf {
 /// A TLS client with `cert`/`key`; Some(client) when the gateway answers a ping (it
 /// accepted the certificate), None when it closed the connection.
 async fn tls_client(addr: std::net::SocketAddr, ca: &Path, cert: &Path, key: &Path) -> Option<Client> {
-    let cc = takgate::transport::tls::client_config(ca, Some((cert, key))).unwrap();
+    let cc = takgate::link::tls::client_config(ca, Some((cert, key))).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cc)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.ok()?;
     let mut c = Client::over(Box::pin(tls));
@@ -67,7 +67,7 @@ async fn one_certificate_cannot_take_every_connection() {
     let b1 = tls_client(addr, &ca.ca, &bc, &bk).await;
     assert!(b1.is_some(), "another certificate still gets in");
     assert_eq!(gw.counters("t").unwrap().snapshot().refused, 1);
-    let metrics = takgate::metrics::render(&gw.control()).await;
+    let metrics = takgate::admin::metrics::render(&gw.control()).await;
     assert!(metrics.contains("takgate_drops_total{link=\"t\",transport=\"tls\",reason=\"connection_refused\"} 1"), "{metrics}");
     // a closed connection gives its place back
     drop(a1);
@@ -147,7 +147,7 @@ async fn the_read_rate_limit_slows_a_flood_without_losing_it() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     other.send(&pli("OTHER", "O", 1)).await;
     assert_eq!(rx.recv(Duration::from_millis(500)).await.map(|e| e.uid), Some("OTHER".into()));
-    let metrics = takgate::metrics::render(&gw.control()).await;
+    let metrics = takgate::admin::metrics::render(&gw.control()).await;
     assert!(metrics.contains(&format!("takgate_throttled_total{{link=\"c\",transport=\"tcp\"}} {}", c.throttled)), "{metrics}");
     gw.shutdown().await;
 }
@@ -203,7 +203,7 @@ async fn a_peer_that_stops_reading_is_disconnected_by_the_write_timeout() {
     assert_eq!(common::peers_settle_at(&gw, 2).await, 2, "the stalled peer was disconnected");
     let c = gw.counters("c").unwrap().snapshot();
     assert_eq!((c.slow_consumers, c.drops_queue_full), (1, 0), "{c:?}");
-    let metrics = takgate::metrics::render(&gw.control()).await;
+    let metrics = takgate::admin::metrics::render(&gw.control()).await;
     assert!(metrics.contains("takgate_disconnects_total{link=\"c\",transport=\"tcp\",reason=\"slow_consumer\"} 1"), "{metrics}");
     drop(stalled);
     gw.shutdown().await;

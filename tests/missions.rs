@@ -82,7 +82,7 @@ async fn a_mission_change_arrives_once_and_is_announced() {
     assert!(b.store().queue_stats().unwrap().iter().all(|s| s.total == 0));
     // A t-x-m-c announcement seen on a local link (e.g. from OpenTAKServer over the bridge)
     // is a local change too, and federates.
-    let seen = takgate::store::Change { mission: "ops2".into(), change_type: "ADD_CONTENT".into(), content_uid: "OTS-ITEM".into(), creator_uid: "ots".into(), ts_ms: CotTime::now().0, ..Default::default() };
+    let seen = takgate::store::Change { content_uid: "OTS-ITEM".into(), creator_uid: "ots".into(), ts_ms: CotTime::now().0, ..takgate::store::Change::new("ops2", takgate::store::ChangeType::AddContent) };
     alpha.send(&takgate::missions::announcement(&seen)).await;
     assert!(eventually(5.0, || b.store().changes("ops2").unwrap().len() == 1).await, "{:?}", b.store().all_changes());
     assert_eq!(a.store().changes("ops2").unwrap()[0].content_uid, "OTS-ITEM");

@@ -109,7 +109,7 @@ async fn a_group_that_cannot_be_joined_does_not_stop_the_gateway() {
                [[link]]\nname = \"radio\"\ntransport = \"multicast\"\naddress = \"239.2.3.1:6969\"\ninterfaces = [\"radio-not-up-yet\"]\n";
     let gw = gateway(cfg).await;
     let st = gw.connection("radio").unwrap();
-    assert_eq!(st.state, "error");
+    assert_eq!(st.state, takgate::link::LinkState::Error);
     assert!(st.last_error.as_deref().is_some_and(|e| e.contains("no interface \"radio-not-up-yet\"")), "{st:?}");
     let mut a = Client::tcp(gw.local_addr("c").unwrap()).await;
     let mut b = Client::tcp(gw.local_addr("c").unwrap()).await;

@@ -76,7 +76,7 @@ async fn pytak_clients_over_mutual_tls_and_identity() {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let roots = {
         let mut r = rustls::RootCertStore::empty();
-        for c in takgate::transport::tls::load_certs(&pki.ca).unwrap() {
+        for c in takgate::link::tls::load_certs(&pki.ca).unwrap() {
             r.add(c).unwrap();
         }
         r

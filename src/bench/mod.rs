@@ -54,7 +54,7 @@ impl Target {
         let tls = match &self.ca {
             None => None,
             Some(ca) => {
-                let cc = crate::transport::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(|e| e.0)?;
+                let cc = crate::link::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(|e| e.0)?;
                 let host = self.server_name.clone().unwrap_or_else(|| self.target.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default());
                 let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
                 Some((tokio_rustls::TlsConnector::from(Arc::new(cc)), name))
@@ -142,104 +142,36 @@ struct ClientResult {
     pongs: u64,
 }
 
+/// The measurement window of `clients`: only events sent in it count, on both ends.
+#[derive(Clone, Copy)]
+struct Window {
+    start_us: u64,
+    end_us: u64,
+    stop_at: Instant,
+}
+
+impl Window {
+    fn has(&self, t: u64) -> bool {
+        t >= self.start_us && t < self.end_us
+    }
+}
+
 pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
     let dial = a.target.dial().await?;
     let n = a.clients.max(1);
     let live = Arc::new(Live::default());
     let started = Instant::now();
-    // Window: after everyone is connected plus a warm-up; results count only events sent in it.
+    // Window: after everyone is connected plus a warm-up.
     let warm = Duration::from_secs_f64(a.ramp + 2.0);
-    let window_start = now_micros() + warm.as_micros() as u64;
-    let window_end = window_start + (a.duration * 1e6) as u64;
-    let stop_at = Instant::now() + warm + Duration::from_secs_f64(a.duration + 2.0);
+    let start_us = now_micros() + warm.as_micros() as u64;
+    let w = Window { start_us, end_us: start_us + (a.duration * 1e6) as u64, stop_at: Instant::now() + warm + Duration::from_secs_f64(a.duration + 2.0) };
     let sent_in_window = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let (dial, live, sent_in_window) = (dial.clone(), live.clone(), sent_in_window.clone());
-        let delay = Duration::from_secs_f64(a.ramp * i as f64 / n as f64);
-        let (rate, pad) = (a.rate, a.pad);
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let (io, mut dec, format) = match dial.connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    if live.errors.fetch_add(1, Relaxed) < 3 {
-                        eprintln!("\nconnect: {e}");
-                    }
-                    return None;
-                }
-            };
-            live.connected.fetch_add(1, Relaxed);
-            let (mut rd, mut wr) = tokio::io::split(io);
-            let wlive = live.clone();
-            let writer = tokio::spawn(async move {
-                let mut buf = Vec::with_capacity(1024);
-                crate::codec::WireFormat::Xml.encode_into(&crate::cot::control::ping(&format!("bench-{i}"), crate::cot::CotTime::now()), &mut buf);
-                if format == crate::codec::WireFormat::ProtoStream {
-                    buf.clear();
-                    format.encode_into(&crate::cot::control::ping(&format!("bench-{i}"), crate::cot::CotTime::now()), &mut buf);
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-                let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(fastrand::f64()), period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut seq = 0u64;
-                while Instant::now() < stop_at {
-                    tick.tick().await;
-                    // The time in the event decides the window on both ends.
-                    let t = now_micros();
-                    let ev = bench_event_at(i, seq, pad, false, t);
-                    seq += 1;
-                    buf.clear();
-                    format.encode_into(&ev, &mut buf);
-                    if wr.write_all(&buf).await.is_err() {
-                        break;
-                    }
-                    wlive.sent.fetch_add(1, Relaxed);
-                    if t >= window_start && t < window_end {
-                        sent_in_window.fetch_add(1, Relaxed);
-                    }
-                }
-            });
-            let mut res = ClientResult { received_in_window: 0, hist: Histogram::default(), pongs: 0 };
-            let mut closed = false;
-            loop {
-                dec.buffer_mut().reserve(32 * 1024);
-                let r = tokio::select! {
-                    r = rd.read_buf(dec.buffer_mut()) => r,
-                    _ = tokio::time::sleep_until(stop_at.into()) => break,
-                };
-                match r {
-                    Ok(0) | Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                }
-                while let Some(f) = dec.next_frame() {
-                    let Ok(f) = f else { continue };
-                    match classify(&f) {
-                        Seen::Bench(c, _, t) if c != i => {
-                            live.received.fetch_add(1, Relaxed);
-                            if t >= window_start && t < window_end {
-                                res.received_in_window += 1;
-                                res.hist.record(now_micros().saturating_sub(t));
-                            }
-                        }
-                        Seen::Pong => res.pongs += 1,
-                        _ => {}
-                    }
-                }
-            }
-            if closed {
-                live.disconnects.fetch_add(1, Relaxed);
-            }
-            writer.abort();
-            Some(res)
-        }));
-    }
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let delay = Duration::from_secs_f64(a.ramp * i as f64 / n as f64);
+            tokio::spawn(bench_client(i, delay, dial.clone(), live.clone(), sent_in_window.clone(), w, a.rate, a.pad))
+        })
+        .collect();
     let mut last = (0, 0, Instant::now());
     let joined = futures_join(tasks);
     tokio::pin!(joined);
@@ -251,11 +183,94 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
     };
     eprintln!();
     let results: Vec<ClientResult> = results.into_iter().flatten().collect();
+    Ok(clients_summary(&a, n, &results, &live, sent_in_window.load(Relaxed)))
+}
+
+/// One bench client: connects after `delay`, sends at `rate` Hz and reads everything until
+/// the window's end.
+#[allow(clippy::too_many_arguments)]
+async fn bench_client(i: u32, delay: Duration, dial: Dial, live: Arc<Live>, sent_in_window: Arc<AtomicU64>, w: Window, rate: f64, pad: usize) -> Option<ClientResult> {
+    tokio::time::sleep(delay).await;
+    let (io, dec, format) = match dial.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            if live.errors.fetch_add(1, Relaxed) < 3 {
+                eprintln!("\nconnect: {e}");
+            }
+            return None;
+        }
+    };
+    live.connected.fetch_add(1, Relaxed);
+    let (rd, wr) = tokio::io::split(io);
+    let writer = tokio::spawn(bench_sender(i, wr, format, live.clone(), sent_in_window, w, rate, pad));
+    let res = bench_reader(i, rd, dec, &live, w).await;
+    writer.abort();
+    Some(res)
+}
+
+/// Sends a ping, then one position report per period until the window's end.
+#[allow(clippy::too_many_arguments)]
+async fn bench_sender(i: u32, mut wr: impl tokio::io::AsyncWrite + Unpin, format: crate::codec::WireFormat, live: Arc<Live>, sent_in_window: Arc<AtomicU64>, w: Window, rate: f64, pad: usize) {
+    let mut buf = Vec::with_capacity(1024);
+    format.encode_into(&crate::cot::control::ping(&format!("bench-{i}"), crate::cot::CotTime::now()), &mut buf);
+    if wr.write_all(&buf).await.is_err() {
+        return;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(fastrand::f64()), period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    while Instant::now() < w.stop_at {
+        tick.tick().await;
+        // The time in the event decides the window on both ends.
+        let t = now_micros();
+        buf.clear();
+        format.encode_into(&bench_event_at(i, seq, pad, false, t), &mut buf);
+        seq += 1;
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        live.sent.fetch_add(1, Relaxed);
+        if w.has(t) {
+            sent_in_window.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Reads until the window's end: what the other clients sent in the window, with latency.
+async fn bench_reader(i: u32, mut rd: impl tokio::io::AsyncRead + Unpin, mut dec: crate::codec::StreamDecoder, live: &Live, w: Window) -> ClientResult {
+    let mut res = ClientResult { received_in_window: 0, hist: Histogram::default(), pongs: 0 };
+    loop {
+        let r = tokio::select! {
+            r = rd.read_buf(dec.read_buffer()) => r,
+            _ = tokio::time::sleep_until(w.stop_at.into()) => return res,
+        };
+        if matches!(r, Ok(0) | Err(_)) {
+            live.disconnects.fetch_add(1, Relaxed);
+            return res;
+        }
+        while let Some(f) = dec.next_frame() {
+            let Ok(f) = f else { continue };
+            match classify(&f) {
+                Seen::Bench(c, _, t) if c != i => {
+                    live.received.fetch_add(1, Relaxed);
+                    if w.has(t) {
+                        res.received_in_window += 1;
+                        res.hist.record(now_micros().saturating_sub(t));
+                    }
+                }
+                Seen::Pong => res.pongs += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn clients_summary(a: &ClientsArgs, n: u32, results: &[ClientResult], live: &Live, sent: u64) -> ClientsSummary {
     let mut hist = Histogram::default();
-    for r in &results {
+    for r in results {
         hist.merge(&r.hist);
     }
-    let sent = sent_in_window.load(Relaxed);
     let connected = live.connected.load(Relaxed);
     let per_client_expected = if connected > 0 { sent as f64 * (connected as f64 - 1.0) / connected as f64 } else { 0.0 };
     let mut comp: Vec<f64> = results.iter().map(|r| if per_client_expected > 0.0 { r.received_in_window as f64 / per_client_expected } else { 0.0 }).collect();
@@ -263,7 +278,7 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
     let delivered: u64 = results.iter().map(|r| r.received_in_window).sum();
     let expected = sent * connected.saturating_sub(1);
     let ms = |us: u64| us as f64 / 1000.0;
-    Ok(ClientsSummary {
+    ClientsSummary {
         scenario: "clients",
         target: a.target.target.clone(),
         transport: if a.target.ca.is_some() { "tls" } else { "tcp" },
@@ -286,7 +301,7 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
         pongs: results.iter().map(|r| r.pongs).sum(),
         disconnects: live.disconnects.load(Relaxed),
         connect_errors: live.errors.load(Relaxed),
-    })
+    }
 }
 
 /// A stream client that reads until `stop_at`, calling `on_frame` for every frame.
@@ -501,7 +516,8 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
             let node = |id: &str, mode: &str, addr: &str, cert: &std::path::Path, key: &std::path::Path| {
                 format!(
                     "[node]\nid = \"{id}\"\n[log]\nlevel = \"warn\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nqueue_depth = 65536\n\
-                     [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"{mode}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\nqueue_depth = 65536\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                     [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"{mode}\"\naddress = \"{addr}\"\n{}queue_depth = 65536\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    if mode == "connect" { "server_name = \"localhost\"\n" } else { "" },
                     ca.ca.display(),
                     cert.display(),
                     key.display()

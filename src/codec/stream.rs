@@ -21,6 +21,8 @@ pub enum Frame {
 }
 
 const END_EVENT: &[u8] = b"</event>";
+/// How much room a read gets at least (and how much an idle connection holds).
+const READ_CHUNK: usize = 8 * 1024;
 const END_AUTH: &[u8] = b"</auth>";
 
 /// Reads a protobuf varint at the start of `b`: `Ok(None)` when more bytes are needed.
@@ -79,7 +81,7 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(max_event: usize) -> Self {
-        StreamDecoder { buf: BytesMut::with_capacity(8 * 1024), max: max_event.max(64), scan_from: 0, offset: 0, state: State::Ready }
+        StreamDecoder { buf: BytesMut::new(), max: max_event.max(64), scan_from: 0, offset: 0, state: State::Ready }
     }
 
     /// Appends bytes read from the stream.
@@ -89,6 +91,15 @@ impl StreamDecoder {
 
     /// The buffer to read into directly (e.g. with `AsyncReadExt::read_buf`).
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The buffer to read into, with room for the next read. It grows with the bytes that
+    /// arrived (amortised), never with a length a frame header only claims.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK.max(self.buf.len()));
+        }
         &mut self.buf
     }
 
@@ -232,7 +243,7 @@ impl StreamDecoder {
         }
         let total = hdr + len as usize;
         if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
+            // Wait for the bytes; the buffer grows as they come (see `read_buffer`).
             return None;
         }
         self.advance(hdr);

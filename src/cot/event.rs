@@ -164,7 +164,7 @@ pub struct DetailExtension {
 }
 
 fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&crate::cot::HexDisplay(b))
+    s.collect_str(&crate::cot::HexLine(b))
 }
 
 impl CotEvent {

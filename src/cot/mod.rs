@@ -19,13 +19,13 @@ use std::fmt;
 /// Bytes shown as lower-case hex.
 pub struct HexLine<'a>(pub &'a [u8]);
 
-pub(crate) use HexLine as HexDisplay;
-
 impl fmt::Display for HexLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
+}
+
+/// A random uid of 32 hex digits, as TAK Server makes them for messages and sessions.
+pub fn random_uid() -> String {
+    hex::encode(fastrand::u128(..).to_be_bytes())
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 use super::v1::Decoder;
-use crate::transport::tls;
+use crate::link::tls;
 
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
@@ -34,144 +34,137 @@ pub struct Stage {
     pub detail: String,
 }
 
+/// The stages so far; each records ok or the error and how long it took.
+struct Stages(Vec<Stage>);
+
+impl Stages {
+    /// Records a stage that started at `start`; its value when it passed.
+    fn record<T>(&mut self, name: &'static str, start: Instant, r: Result<(T, String), String>) -> Option<T> {
+        let ms = start.elapsed().as_millis() as u64;
+        match r {
+            Ok((v, detail)) => {
+                self.0.push(Stage { name, ok: true, ms, detail });
+                Some(v)
+            }
+            Err(detail) => {
+                self.0.push(Stage { name, ok: false, ms, detail });
+                None
+            }
+        }
+    }
+}
+
 /// Runs the stages in order, stopping at the first failure.
 pub async fn probe(t: &ProbeTarget) -> Vec<Stage> {
-    let mut stages = vec![];
-    let mut stage = |name, start: Instant, r: Result<String, String>| {
-        let ok = r.is_ok();
-        stages.push(Stage { name, ok, ms: start.elapsed().as_millis() as u64, detail: r.unwrap_or_else(|e| e) });
-        ok
-    };
+    let mut st = Stages(vec![]);
+    let _ = run_stages(t, &mut st).await;
+    st.0
+}
+
+async fn run_stages(t: &ProbeTarget, st: &mut Stages) -> Option<()> {
     let t0 = Instant::now();
-    let cc = tls::client_config(&t.ca, Some((&t.cert, &t.key)))
-        .map(|mut c| {
-            if t.protocol == 2 {
-                c.alpn_protocols = vec![b"h2".to_vec()];
-            }
-            tokio_rustls::TlsConnector::from(Arc::new(c))
-        })
-        .map_err(|e| e.0);
-    let cc = match cc {
-        Ok(c) => {
-            stage("certificates", t0, Ok(format!("CA {}, certificate {}", t.ca.display(), t.cert.display())));
-            c
-        }
-        Err(e) => {
-            stage("certificates", t0, Err(e));
-            return stages;
-        }
-    };
+    let cc = st.record("certificates", t0, connector(t))?;
     let t1 = Instant::now();
-    let addr = match tokio::net::lookup_host(&t.address).await.map_err(|e| e.to_string()).and_then(|mut a| a.next().ok_or("resolves to nothing".to_string())) {
-        Ok(a) => {
-            stage("resolve", t1, Ok(a.to_string()));
-            a
-        }
-        Err(e) => {
-            stage("resolve", t1, Err(format!("{}: {e}", t.address)));
-            return stages;
-        }
-    };
+    let addr = st.record("resolve", t1, resolve(&t.address).await)?;
     let t2 = Instant::now();
     let tcp = match tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            stage("tcp connect", t2, Ok(addr.to_string()));
-            s
-        }
-        Ok(Err(e)) => {
-            stage("tcp connect", t2, Err(e.to_string()));
-            return stages;
-        }
-        Err(_) => {
-            stage("tcp connect", t2, Err("timed out after 10 s".into()));
-            return stages;
-        }
+        Ok(Ok(s)) => Ok((s, addr.to_string())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out after 10 s".into()),
     };
+    let tcp = st.record("tcp connect", t2, tcp)?;
     let host = t.server_name.clone().unwrap_or_else(|| t.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default());
     let t3 = Instant::now();
-    let name = match rustls::pki_types::ServerName::try_from(host.clone()) {
-        Ok(n) => n,
-        Err(e) => {
-            stage("tls handshake", t3, Err(format!("server name {host:?}: {e}")));
-            return stages;
-        }
-    };
-    let mut tls = match tokio::time::timeout(Duration::from_secs(10), cc.connect(name, tcp)).await {
-        Ok(Ok(s)) => {
-            stage("tls handshake", t3, Ok(format!("{:?}", s.get_ref().1.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default())));
-            s
-        }
-        Ok(Err(e)) => {
-            stage("tls handshake", t3, Err(explain_tls(&e, &host, &t.ca)));
-            return stages;
-        }
-        Err(_) => {
-            stage("tls handshake", t3, Err("timed out after 10 s".into()));
-            return stages;
-        }
-    };
+    let tls = st.record("tls handshake", t3, handshake(cc, tcp, &host, &t.ca).await)?;
     let t4 = Instant::now();
-    let chain = tls.get_ref().1.peer_certificates().map(|c| c.len()).unwrap_or(0);
-    match tls::identity(tls.get_ref().1.peer_certificates()) {
-        Some(id) => {
-            if chain < 2 {
-                stage("peer identity", t4, Err(format!("CN {} fingerprint {}: the peer did not present its issuing CA (only its leaf certificate); TAK Server needs leaf + issuer: add the CA to the peer's certificate file", id.cn, id.fingerprint)));
-                return stages;
-            }
-            stage("peer identity", t4, Ok(format!("CN {} fingerprint {} chain {chain}", id.cn, id.fingerprint)));
-        }
-        None => {
-            stage("peer identity", t4, Err("no peer certificate".into()));
-            return stages;
-        }
-    }
+    st.record("peer identity", t4, peer_identity(&tls))?;
     if t.protocol == 2 {
-        let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-        if alpn.as_deref() != Some(b"h2") {
-            stages.push(Stage { name: "v2 http/2", ok: false, ms: 0, detail: "the peer did not negotiate HTTP/2 (ALPN h2): is this a federation v2 port (TAK Server: 9001)?".into() });
-            return stages;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            st.0.push(Stage { name: "v2 http/2", ok: false, ms: 0, detail: "the peer did not negotiate HTTP/2 (ALPN h2): is this a federation v2 port (TAK Server: 9001)?".into() });
+            return None;
         }
-        probe_v2(Box::new(tls), &t.address, &mut stages).await;
-        return stages;
+        probe_v2(Box::new(tls), &t.address, &mut st.0).await;
+        return Some(());
     }
     let t5 = Instant::now();
+    st.record("v1 first frame", t5, first_frame(tls, t.listen).await.map(|d| ((), d)));
+    Some(())
+}
+
+fn connector(t: &ProbeTarget) -> Result<(tokio_rustls::TlsConnector, String), String> {
+    let mut c = tls::client_config(&t.ca, Some((&t.cert, &t.key))).map_err(|e| e.0)?;
+    if t.protocol == 2 {
+        c.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(c)), format!("CA {}, certificate {}", t.ca.display(), t.cert.display())))
+}
+
+async fn resolve(address: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let a = tokio::net::lookup_host(address).await.map_err(|e| e.to_string()).and_then(|mut a| a.next().ok_or("resolves to nothing".to_string())).map_err(|e| format!("{address}: {e}"))?;
+    Ok((a, a.to_string()))
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn handshake(cc: tokio_rustls::TlsConnector, tcp: tokio::net::TcpStream, host: &str, ca: &std::path::Path) -> Result<(Tls, String), String> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| format!("server name {host:?}: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(10), cc.connect(name, tcp)).await {
+        Ok(Ok(s)) => {
+            let v = s.get_ref().1.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+            Ok((s, format!("{v:?}")))
+        }
+        Ok(Err(e)) => Err(explain_tls(&e, host, ca)),
+        Err(_) => Err("timed out after 10 s".into()),
+    }
+}
+
+fn peer_identity(tls: &Tls) -> Result<((), String), String> {
+    let chain = tls.get_ref().1.peer_certificates().map(|c| c.len()).unwrap_or(0);
+    let id = tls::identity(tls.get_ref().1.peer_certificates()).ok_or("no peer certificate")?;
+    if chain < 2 {
+        return Err(format!("CN {} fingerprint {}: the peer did not present its issuing CA (only its leaf certificate); TAK Server needs leaf + issuer: add the CA to the peer's certificate file", id.cn, id.fingerprint));
+    }
+    Ok(((), format!("CN {} fingerprint {} chain {chain}", id.cn, id.fingerprint)))
+}
+
+/// v1: a short wait for the peer's first frame (it may have nothing to send).
+async fn first_frame(mut tls: Tls, listen: Duration) -> Result<String, String> {
     let mut dec = Decoder::new(super::v1::DEFAULT_MAX_FRAME);
-    let r = tokio::time::timeout(t.listen, async {
+    let r = tokio::time::timeout(listen, async {
         loop {
-            dec.buffer_mut().reserve(16 * 1024);
-            match tls.read_buf(dec.buffer_mut()).await {
+            match tls.read_buf(dec.read_buffer()).await {
                 Ok(0) => return Err("the peer closed the connection (not accepted as a federate?)".to_string()),
                 Err(e) => return Err(e.to_string()),
                 Ok(_) => {}
             }
             if let Some(f) = dec.next_frame() {
-                return f.map(|fe| if fe.contact.is_some() { "a contact".to_string() } else if fe.event.is_some() { "an event".to_string() } else { "an empty frame".to_string() }).map_err(|e| e.to_string());
+                return f.map(|fe| if fe.contact.is_some() { "a contact" } else if fe.event.is_some() { "an event" } else { "an empty frame" }.to_string()).map_err(|e| e.to_string());
             }
         }
     })
     .await;
     match r {
-        Ok(Ok(what)) => stage("v1 first frame", t5, Ok(format!("received {what}"))),
-        Ok(Err(e)) => stage("v1 first frame", t5, Err(e)),
-        Err(_) => stage("v1 first frame", t5, Ok(format!("connection held {} s, nothing to send yet (normal when the peer has no contacts)", t.listen.as_secs()))),
-    };
-    stages
+        Ok(Ok(what)) => Ok(format!("received {what}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(format!("connection held {} s, nothing to send yet (normal when the peer has no contacts)", listen.as_secs())),
+    }
 }
 
 /// v2: SERVING first on the groups stream, then one health check after subscribing.
-async fn probe_v2(io: Box<dyn crate::transport::tcp::Io>, address: &str, stages: &mut Vec<Stage>) {
+async fn probe_v2(io: Box<dyn crate::link::Io>, address: &str, stages: &mut Vec<Stage>) {
     use super::fig::{client_health, identity, server_health, ClientHealth, Identity, Subscription, TakServerVersion};
     let session = tokio_util::sync::CancellationToken::new();
     let _close = session.clone().drop_guard();
+    let mut tasks = tokio::task::JoinSet::new();
     let t = Instant::now();
-    let mut c = match super::v2::h2_client(io, address, super::v2::DEFAULT_MAX_MESSAGE, &session).await {
+    let mut c = match super::v2::h2_client(io, address, super::v2::DEFAULT_MAX_MESSAGE, &session, &mut tasks).await {
         Ok(c) => c,
         Err(e) => {
             stages.push(Stage { name: "v2 groups stream", ok: false, ms: t.elapsed().as_millis() as u64, detail: e });
             return;
         }
     };
-    let ident = Identity { name: "takgate-probe".into(), uid: format!("{:032x}", fastrand::u128(..)), description: "takgate federation test".into(), r#type: identity::ConnectionType::FederationTakClient as i32, server_id: "takgate-probe".into() };
+    let ident = Identity { name: "takgate-probe".into(), uid: crate::cot::random_uid(), description: "takgate federation test".into(), r#type: identity::ConnectionType::FederationTakClient as i32, server_id: "takgate-probe".into() };
     let sub = |version: bool| Subscription { identity: Some(ident.clone()), filter: String::new(), version: version.then(|| TakServerVersion { major: 5, minor: 5, ..Default::default() }) };
     let groups = tokio::time::timeout(Duration::from_secs(10), async {
         let mut s = c.server_federate_groups_stream(sub(false)).await.map_err(|st| format!("ServerFederateGroupsStream: {:?} {}", st.code(), st.message()))?.into_inner();
@@ -190,14 +183,27 @@ async fn probe_v2(io: Box<dyn crate::transport::tcp::Io>, address: &str, stages:
         return;
     }
     let t = Instant::now();
+    // ClientEventStream is opened without waiting for its reply: a TAK Server sends nothing on
+    // it (response headers included) until the federate opens ServerEventStream.
+    let mut events = c.clone();
+    let versioned = sub(true);
+    let mut open = Box::pin(async move { events.client_event_stream(versioned).await });
+    if futures_util::poll!(open.as_mut()).is_pending() {
+        tasks.spawn(async move {
+            let _ = open.await;
+        });
+    }
+    // The peer registers the event stream on its own time: NOT_CONNECTED until it has, so
+    // ask again (twice a second) before calling it an answer.
     let health = tokio::time::timeout(Duration::from_secs(10), async {
-        let _events = c.client_event_stream(sub(true)).await.map_err(|st| format!("ClientEventStream: {:?} {}", st.code(), st.message()))?;
-        let h = c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 }).await.map_err(|st| format!("HealthCheck: {:?} {}", st.code(), st.message()))?;
-        let st = h.into_inner().status;
-        if st == server_health::ServingStatus::Serving as i32 {
-            Ok("SERVING".to_string())
-        } else {
-            Err(format!("health check answered {}", server_health::ServingStatus::try_from(st).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")))
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let h = c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 }).await.map_err(|st| format!("HealthCheck: {:?} {}", st.code(), st.message()))?;
+            match server_health::ServingStatus::try_from(h.into_inner().status) {
+                Ok(server_health::ServingStatus::Serving) => return Ok("SERVING".to_string()),
+                Ok(server_health::ServingStatus::NotConnected) if t.elapsed() < Duration::from_secs(3) => continue,
+                s => return Err(format!("health check answered {}", s.map(|s| s.as_str_name()).unwrap_or("UNKNOWN"))),
+            }
         }
     })
     .await

@@ -28,11 +28,16 @@ pub struct Facts {
     pub missions: Vec<String>,
     /// Mission traffic: `t-x-m-*` or addressed to a mission.
     pub is_mission: bool,
+    /// The position report of a client (a device on the network, not a marker or track it
+    /// sent): `a-…` with a contact endpoint. Only these are federation contacts and part
+    /// of the latest picture, as in TAK Server.
+    pub client_sa: bool,
 }
 
 impl Facts {
     pub fn of(ev: &CotEvent) -> Facts {
         let mut f = Facts { callsign: ev.callsign().map(|c| c.into_owned()), ..Default::default() };
+        f.client_sa = ev.cot_type.starts_with("a-") && f.callsign.is_some() && has_endpoint(ev);
         f.group = match &ev.detail.group {
             Some(g) => Some(g.name.clone()),
             None if ev.detail.xml.contains("<__group") => fragment::find_attr(&ev.detail.xml, "__group", "name"),
@@ -58,6 +63,14 @@ impl Facts {
     /// Addressed to particular contacts (a direct message).
     pub fn is_direct(&self) -> bool {
         !self.dest_callsigns.is_empty() || !self.dest_uids.is_empty()
+    }
+}
+
+/// Whether the event's contact names an endpoint (how a client can be reached).
+fn has_endpoint(ev: &CotEvent) -> bool {
+    match &ev.detail.contact {
+        Some(c) => !c.endpoint.is_empty(),
+        None => fragment::find_attr(&ev.detail.xml, "contact", "endpoint").is_some_and(|e| !e.is_empty()),
     }
 }
 

@@ -2,10 +2,14 @@
 //! to bounded per-peer queues without ever waiting on a peer.
 
 pub mod core;
+pub mod handle;
 pub mod message;
 pub mod pattern;
+pub mod peer;
 pub mod policy;
 
-pub use self::core::{codec, CounterSnapshot, LinkCounters, Outbound, PeerIdentity, PeerInfo, PeerStats, Router, RouterHandle};
+pub use self::core::spawn;
+pub use handle::{RouterCounters, RouterHandle};
 pub use message::{FedMeta, LinkId, Message};
+pub use peer::{Outbound, PeerInfo, PeerStats};
 pub use policy::PeerPolicy;

@@ -69,10 +69,6 @@ impl Pattern {
         Ok(Pattern { toks, literal })
     }
 
-    pub fn is_literal(&self) -> bool {
-        self.literal.is_some()
-    }
-
     pub fn as_literal(&self) -> Option<&str> {
         self.literal.as_deref()
     }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::message::Message;
 use super::pattern::PatternList;
 use crate::config::{Direction, PolicyConfig, RateLimitConfig};
+use crate::link::rate::TokenBucket;
 
 #[derive(Debug, Clone, Default)]
 pub struct PeerPolicy {
@@ -151,7 +152,7 @@ impl PeerPolicy {
 /// Token buckets per uid toward one peer.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: HashMap<String, (f64, Instant)>,
+    buckets: HashMap<String, TokenBucket>,
     last_sweep: Option<Instant>,
 }
 
@@ -162,21 +163,13 @@ impl RateLimiter {
         if !policy.rate_types.is_empty() && !policy.rate_types.any_type(&m.event.cot_type) {
             return true;
         }
-        let burst = r.burst as f64;
         let per = r.interval_secs;
         if self.last_sweep.is_none_or(|t| now.duration_since(t).as_secs_f64() > per * 4.0 + 60.0) {
-            self.buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < per * burst + 1.0);
+            // buckets that have filled up again carry no state
+            self.buckets.retain(|_, b| !b.full_since(now));
             self.last_sweep = Some(now);
         }
-        let b = self.buckets.entry(m.event.uid.clone()).or_insert((burst, now));
-        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() / per).min(burst);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets.entry(m.event.uid.clone()).or_insert_with(|| TokenBucket::new(r.burst as f64, 1.0 / per, now)).try_take(now)
     }
 }
 

@@ -19,6 +19,7 @@
 //! exactly-once toward each link.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +32,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{ingest, log_bad_input};
-use super::tcp::Backoff;
 use crate::codec::WireFormat;
-use crate::config::AmqpMode;
+use crate::config::{AmqpKind, AmqpLink, AmqpMode, LinkConfig};
 use crate::cot::xml::{self, XML_DECL};
-use crate::router::{LinkCounters, Message, PeerInfo, PeerPolicy, RouterHandle};
+use crate::link::backoff::Attempts;
+use crate::link::ingest::{ingest, Origin};
+use crate::link::{log_bad_input, Backoff, Codec, LinkCounters, LinkCtx, LinkStatus, StartError};
+use crate::missions::Missions;
+use crate::router::{Message, PeerInfo, PeerPolicy, RouterHandle};
 
 /// OpenTAKServer's exchanges (name, type), all durable.
 pub const OTS_FIREHOSE: (&str, ExchangeKind) = ("firehose", ExchangeKind::Fanout);
@@ -68,6 +71,43 @@ pub struct AmqpSettings {
     /// Mission traffic from the broker is written to the mission store before its delivery
     /// is acknowledged, so a crash cannot lose an acknowledged change.
     pub missions: Option<Arc<crate::missions::Missions>>,
+}
+
+impl AmqpSettings {
+    fn new(l: &LinkConfig, a: &AmqpLink, ctx: &LinkCtx, missions: &Arc<Missions>) -> Result<AmqpSettings, String> {
+        let node_id = ctx.router.node_id.to_string();
+        let (exchange, bind_keys, group, persist, ots_node_id) = match &a.kind {
+            AmqpKind::Cluster(c) => (c.exchange.clone().unwrap_or_else(|| "takgate".into()), c.bind_keys.clone(), String::new(), false, None),
+            AmqpKind::Opentakserver(o) => (String::new(), vec![], o.ots_group.clone().unwrap_or_else(|| "__ANON__".into()), o.persist.unwrap_or(false), o.ots_node_id.clone()),
+        };
+        Ok(AmqpSettings {
+            link: l.name.clone(),
+            url: a.url.clone(),
+            mode: a.mode(),
+            uid: a.opts.amqp_uid.clone().unwrap_or_else(|| format!("takgate-{node_id}")),
+            node_id,
+            exchange,
+            bind_keys,
+            group,
+            persist,
+            ots_node_id,
+            buffer: a.opts.buffer_events.map(|c| c.0).unwrap_or(100_000),
+            queue_depth: l.queue_depth.unwrap_or(ctx.queue_depth),
+            backoff: Backoff::from_config(&a.reconnect, 0.5, 30.0),
+            policy: Arc::new(PeerPolicy::new(&l.policy, false)?),
+            counters: Arc::default(),
+            missions: Some(missions.clone()),
+        })
+    }
+}
+
+/// Starts an amqp link.
+pub fn start(l: &LinkConfig, a: &AmqpLink, ctx: &LinkCtx, missions: &Arc<Missions>) -> Result<LinkStatus, StartError> {
+    let s = Arc::new(AmqpSettings::new(l, a, ctx, missions).map_err(|e| StartError::new(&l.name, e))?);
+    let status = LinkStatus { name: l.name.clone(), transport: l.transport(), mode: l.mode(), address: crate::config::redact_address(&a.url), local_addr: None, counters: s.counters.clone(), connection: None };
+    tracing::info!(link = %l.name, mode = ?s.mode, "amqp link starting");
+    ctx.tracker.spawn(run(s, ctx.router.clone(), ctx.cancel.clone()));
+    Ok(status)
 }
 
 /// OpenTAKServer's envelope.
@@ -120,22 +160,16 @@ pub async fn run(s: Arc<AmqpSettings>, router: RouterHandle, cancel: Cancellatio
     let id = router.next_id();
     let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
     let remote = s.url.split('@').next_back().unwrap_or_default().to_owned();
-    let peer = PeerInfo::output(id, &s.link, "amqp", remote, s.policy.clone(), tx, s.counters.clone(), &cancel);
-    peer.codec.store(crate::router::codec::AMQP_XML, std::sync::atomic::Ordering::Relaxed);
-    router.attach(peer).await;
+    router.attach(PeerInfo::output(id, &s.link, "amqp", remote, Codec::AmqpXml, s.policy.clone(), tx, s.counters.clone(), &cancel)).await;
     let mut pending: VecDeque<Arc<Message>> = VecDeque::new();
-    let mut attempt = 0u32;
+    let mut attempts = Attempts::new(s.backoff);
     loop {
         let started = std::time::Instant::now();
         match session(&s, &router, id, &mut rx, &mut pending, &cancel).await {
             Ok(()) => break,
             Err(e) => tracing::warn!(link = %s.link, "broker: {e}"),
         }
-        if started.elapsed() >= s.backoff.healthy {
-            attempt = 0;
-        }
-        let delay = s.backoff.delay(attempt, fastrand::f64());
-        attempt = attempt.saturating_add(1);
+        let delay = attempts.next_delay(started.elapsed());
         let until = tokio::time::Instant::now() + delay;
         loop {
             tokio::select! {
@@ -158,7 +192,7 @@ fn buffer(s: &AmqpSettings, pending: &mut VecDeque<Arc<Message>>, m: Arc<Message
     if pending.len() < s.buffer {
         pending.push_back(m);
     } else {
-        let n = s.counters.drops_queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = s.counters.drops_queue_full.fetch_add(1, Relaxed);
         if n.is_power_of_two() {
             tracing::warn!(link = %s.link, dropped = n + 1, "broker unreachable and buffer full: dropping events");
         }
@@ -237,6 +271,68 @@ type InFlight = VecDeque<(std::pin::Pin<Box<lapin::PublisherConfirm>>, Option<Ar
 /// How many confirms may be outstanding at once.
 const WINDOW: usize = 4096;
 
+/// Consumer deliveries routed and not yet acknowledged: acknowledged in bulk (`multiple`)
+/// every ACK_EVERY, or 50 ms after the first when traffic is light.
+#[derive(Default)]
+struct Acks {
+    last: Option<lapin::message::Delivery>,
+    n: usize,
+    by: Option<tokio::time::Instant>,
+}
+
+impl Acks {
+    async fn flush(&mut self) -> Result<(), String> {
+        if let Some(d) = self.last.take() {
+            d.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
+        }
+        self.n = 0;
+        self.by = None;
+        Ok(())
+    }
+
+    async fn add(&mut self, d: lapin::message::Delivery) -> Result<(), String> {
+        self.n += 1;
+        self.last = Some(d);
+        if self.n >= ACK_EVERY {
+            return self.flush().await;
+        }
+        self.by.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(50));
+        Ok(())
+    }
+}
+
+/// On shutdown: acknowledges what was routed, publishes what is still queued and waits for
+/// its confirms, briefly.
+async fn drain(s: &AmqpSettings, rx: &mut mpsc::Receiver<Arc<Message>>, pending: &mut VecDeque<Arc<Message>>, publish: &Channel, inflight: &mut InFlight, acks: &mut Acks) -> Result<(), String> {
+    let _ = acks.flush().await;
+    while let Ok(m) = rx.try_recv() {
+        buffer(s, pending, m);
+    }
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        while !pending.is_empty() {
+            publish_next(s, publish, pending, inflight).await?;
+        }
+        while let Some((c, m)) = inflight.pop_front() {
+            settle(s, c.await, m, pending)?;
+        }
+        Ok::<(), String>(())
+    })
+    .await;
+    drained.unwrap_or(Ok(()))
+}
+
+/// A publish confirm: counted when it is the last of its event; an error puts the event
+/// back at the front of the buffer (it goes out again after the reconnect).
+fn settle(s: &AmqpSettings, c: Result<Confirmation, lapin::Error>, m: Option<Arc<Message>>, pending: &mut VecDeque<Arc<Message>>) -> Result<(), String> {
+    let r = c.map_err(|e| err("confirm", e)).and_then(|c| confirmed(s, c, m.is_some()));
+    if r.is_err() {
+        if let Some(m) = m {
+            pending.push_front(m);
+        }
+    }
+    r
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn pump(
     s: &AmqpSettings,
@@ -249,82 +345,30 @@ async fn pump(
     consumer: &mut lapin::Consumer,
     inflight: &mut InFlight,
 ) -> Result<(), String> {
-    // Deliveries are acknowledged in bulk (`multiple`): every ACK_EVERY, or when idle.
-    let mut unacked: Option<lapin::message::Delivery> = None;
-    let mut unacked_n = 0usize;
-    let mut ack_by: Option<tokio::time::Instant> = None;
+    let mut acks = Acks::default();
     loop {
         while inflight.len() < WINDOW && !pending.is_empty() {
             publish_next(s, publish, pending, inflight).await?;
         }
         tokio::select! {
-            _ = cancel.cancelled() => {
-                if let Some(d) = unacked.take() {
-                    let _ = d.ack(BasicAckOptions { multiple: true }).await;
-                }
-                while let Ok(m) = rx.try_recv() {
-                    buffer(s, pending, m);
-                }
-                // Publish what is still queued and wait for its confirms, briefly.
-                let drained = tokio::time::timeout(Duration::from_secs(3), async {
-                    while !pending.is_empty() {
-                        publish_next(s, publish, pending, inflight).await?;
-                    }
-                    while let Some((c, m)) = inflight.pop_front() {
-                        let r = c.await.map_err(|e| err("confirm", e)).and_then(|c| confirmed(s, c, m.is_some()));
-                        if let Err(e) = r {
-                            if let Some(m) = m {
-                                pending.push_front(m);
-                            }
-                            return Err(e);
-                        }
-                    }
-                    Ok::<(), String>(())
-                }).await;
-                return drained.unwrap_or(Ok(()));
-            }
+            _ = cancel.cancelled() => return drain(s, rx, pending, publish, inflight, &mut acks).await,
             c = async { inflight.front_mut().map(|(c, _)| c).expect("guarded").await }, if !inflight.is_empty() => {
                 let (_, m) = inflight.pop_front().expect("non-empty");
-                let r = c.map_err(|e| err("confirm", e)).and_then(|c| confirmed(s, c, m.is_some()));
-                if let Err(e) = r {
-                    // Not confirmed: it goes out again after the reconnect.
-                    if let Some(m) = m {
-                        pending.push_front(m);
-                    }
-                    return Err(e);
-                }
+                settle(s, c, m, pending)?;
             }
             m = rx.recv(), if pending.len() < s.buffer => {
                 let Some(m) = m else { return Ok(()) };
                 buffer(s, pending, m);
                 while pending.len() < s.buffer.min(1024) {
-                    match rx.try_recv() {
-                        Ok(m) => buffer(s, pending, m),
-                        Err(_) => break,
-                    }
+                    let Ok(m) = rx.try_recv() else { break };
+                    buffer(s, pending, m);
                 }
             }
-            _ = tokio::time::sleep_until(ack_by.unwrap_or_else(tokio::time::Instant::now)), if unacked.is_some() => {
-                if let Some(d) = unacked.take() {
-                    d.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
-                    unacked_n = 0;
-                    ack_by = None;
-                }
-            }
+            _ = tokio::time::sleep_until(acks.by.unwrap_or_else(tokio::time::Instant::now)), if acks.last.is_some() => acks.flush().await?,
             d = consumer.next() => match d {
                 Some(Ok(delivery)) => {
                     receive(s, router, id, &delivery.data, delivery.properties.headers().as_ref()).await;
-                    unacked_n += 1;
-                    if unacked_n >= ACK_EVERY {
-                        delivery.ack(BasicAckOptions { multiple: true }).await.map_err(|e| err("ack", e))?;
-                        unacked = None;
-                        unacked_n = 0;
-                        ack_by = None;
-                    } else {
-                        // Acknowledged at the latest 50 ms after the first unacknowledged one.
-                        ack_by.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(50));
-                        unacked = Some(delivery);
-                    }
+                    acks.add(delivery).await?;
                 }
                 Some(Err(e)) => return Err(err("consume", e)),
                 None => return Err("the broker cancelled our consumer".into()),
@@ -341,7 +385,7 @@ fn confirmed(s: &AmqpSettings, c: Confirmation, last_of_event: bool) -> Result<(
         Confirmation::Nack(_) => Err("the broker refused an event (nack)".into()),
         Confirmation::Ack(_) | Confirmation::NotRequested => {
             if last_of_event {
-                s.counters.events_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.counters.events_out.fetch_add(1, Relaxed);
             }
             Ok(())
         }
@@ -400,9 +444,9 @@ async fn publish_one(s: &AmqpSettings, ch: &Channel, m: &Arc<Message>, inflight:
 }
 
 async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], headers: Option<&FieldTable>) {
-    s.counters.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    s.counters.bytes_in.fetch_add(data.len() as u64, Relaxed);
     let bad = |what: &dyn std::fmt::Display| {
-        let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = s.counters.decode_errors.fetch_add(1, Relaxed);
         log_bad_input(n, &s.link, &crate::config::redact_address(&s.url), what);
     };
     let cot: std::borrow::Cow<'_, [u8]> = match s.mode {
@@ -410,7 +454,7 @@ async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], 
             match decode_ots(data, &s.uid) {
                 Ok(Some(ev)) => {
                     record_mission(s, id, &ev);
-                    ingest(router, &s.policy, &s.counters, id, ev, true).await;
+                    ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, ev, None).await;
                 }
                 Ok(None) => {}
                 Err(e) => bad(&e),
@@ -431,7 +475,7 @@ async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], 
     match xml::decode(&cot) {
         Ok(ev) => {
             record_mission(s, id, &ev);
-            ingest(router, &s.policy, &s.counters, id, ev, true).await;
+            ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, ev, None).await;
         }
         Err(e) => bad(&e),
     }

@@ -9,14 +9,21 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::stream::{ingest, log_bad_input};
 use crate::codec::{mesh, WireFormat};
-use crate::router::{LinkCounters, Message, PeerInfo, PeerPolicy, RouterHandle};
+use crate::config::link::DatagramOpts;
+use crate::config::{LinkConfig, MulticastLink, SendFormat, UdpLink, UdpMode};
+use crate::cot::CotEvent;
+use crate::link::ingest::{prepare, Origin};
+use crate::link::{log_bad_input, Codec, ConnStatus, LinkCounters, LinkCtx, LinkState, LinkStatus, StartError};
+use crate::router::{Message, PeerInfo, PeerPolicy, RouterHandle};
 
 /// Settings of one datagram link.
 #[derive(Debug)]
@@ -29,6 +36,151 @@ pub struct DatagramSettings {
     pub policy: Arc<PeerPolicy>,
     pub counters: Arc<LinkCounters>,
 }
+
+impl DatagramSettings {
+    fn new(l: &LinkConfig, d: &DatagramOpts, ctx: &LinkCtx, transport: &'static str) -> Result<DatagramSettings, StartError> {
+        Ok(DatagramSettings {
+            link: l.name.clone(),
+            transport,
+            format: if d.format == Some(SendFormat::Protobuf) { WireFormat::ProtoMesh } else { WireFormat::Xml },
+            max_datagram: d.max_datagram_bytes.map(|c| c.0).unwrap_or(65_507),
+            queue_depth: l.queue_depth.unwrap_or(ctx.queue_depth),
+            policy: Arc::new(PeerPolicy::new(&l.policy, false).map_err(|e| StartError::new(&l.name, e))?),
+            counters: Arc::default(),
+        })
+    }
+}
+
+fn status(l: &LinkConfig, s: &DatagramSettings) -> LinkStatus {
+    LinkStatus { name: l.name.clone(), transport: l.transport(), mode: l.mode(), address: l.address(), local_addr: None, counters: s.counters.clone(), connection: None }
+}
+
+/// Starts a udp link: a receiver on a bound port, or a sender to a unicast address.
+pub async fn start_udp(l: &LinkConfig, u: &UdpLink, ctx: &LinkCtx) -> Result<LinkStatus, StartError> {
+    let s = Arc::new(DatagramSettings::new(l, &u.datagram, ctx, "udp")?);
+    let mut st = status(l, &s);
+    match &u.mode {
+        UdpMode::Listen(addr) => {
+            let sock = bind_udp(*addr).map_err(|e| StartError::new(&l.name, e))?;
+            st.local_addr = sock.local_addr().ok();
+            tracing::info!(link = %l.name, address = ?st.local_addr, "udp listening");
+            start_receiver(sock, ctx.router.next_id(), None, s, ctx.router.clone(), ctx.cancel.clone(), &ctx.tracker);
+        }
+        UdpMode::Send(address) => {
+            let target = tokio::net::lookup_host(address).await.map_err(|e| StartError::new(&l.name, format!("cannot resolve {address}: {e}")))?.next().ok_or_else(|| StartError::new(&l.name, "address resolves to nothing"))?;
+            let bind: SocketAddr = if target.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+            let sock = UdpSocket::bind(bind).await.map_err(|e| StartError::new(&l.name, format!("udp socket: {e}")))?;
+            st.local_addr = sock.local_addr().ok();
+            tracing::info!(link = %l.name, %target, "udp sending");
+            ctx.tracker.spawn(send_loop(Arc::new(sock), target, ctx.router.next_id(), s, ctx.router.clone(), ctx.cancel.clone()));
+        }
+    }
+    Ok(st)
+}
+
+/// Starts a multicast link. A group that cannot be joined now (an interface that is not up
+/// yet: a radio, a VPN) does not stop the gateway: the error is shown in the link's status
+/// and the join is retried every 10 s.
+pub fn start_multicast(l: &LinkConfig, m: &MulticastLink, ctx: &LinkCtx) -> Result<LinkStatus, StartError> {
+    let s = Arc::new(DatagramSettings::new(l, &m.datagram, ctx, "multicast")?);
+    let mut st = status(l, &s);
+    let o = MulticastOptions { group: m.group, interfaces: m.multicast.interfaces.clone(), ttl: m.multicast.ttl.unwrap_or(1), loopback: m.multicast.loopback.unwrap_or(true) };
+    let id = ctx.router.next_id();
+    let conn = Arc::new(ConnStatus::default());
+    st.connection = Some(conn.clone());
+    match multicast_sockets(&o) {
+        Ok(socks) => {
+            st.local_addr = socks.0.local_addr().ok();
+            conn.state(LinkState::Connected);
+            run_multicast(socks, o.group, id, s, ctx.router.clone(), ctx.cancel.clone(), &ctx.tracker);
+            tracing::info!(link = %l.name, group = %o.group, interfaces = ?o.interfaces, "multicast joined");
+        }
+        Err(e) => {
+            tracing::error!(link = %l.name, group = %o.group, "cannot join multicast group: {}; retrying every 10 s", e.0);
+            conn.error(e.0);
+            let (router, cancel, tracker) = (ctx.router.clone(), ctx.cancel.clone(), ctx.tracker.clone());
+            ctx.tracker.spawn(rejoin(o, id, s, conn, router, cancel, tracker));
+        }
+    }
+    Ok(st)
+}
+
+/// Tries to join every 10 s until it works (then runs the group) or the link stops.
+async fn rejoin(o: MulticastOptions, id: u64, s: Arc<DatagramSettings>, conn: Arc<ConnStatus>, router: RouterHandle, cancel: CancellationToken, tracker: TaskTracker) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        match multicast_sockets(&o) {
+            Ok(socks) => {
+                conn.set(|c| {
+                    c.state = LinkState::Connected;
+                    c.last_error = None;
+                });
+                tracing::info!(link = %s.link, group = %o.group, "multicast joined");
+                run_multicast(socks, o.group, id, s, router, cancel, &tracker);
+                return;
+            }
+            Err(e) => conn.note_error(e.0),
+        }
+    }
+}
+
+/// Starts a datagram receiver: the batched receive thread on Linux, else the async loop.
+fn start_receiver(sock: UdpSocket, id: u64, own: Option<OwnSends>, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken, tracker: &TaskTracker) {
+    #[cfg(target_os = "linux")]
+    match sock.into_std() {
+        Ok(std_sock) => {
+            tracker.spawn_blocking(move || receive_thread(std_sock, id, own, s, router, cancel));
+        }
+        Err(e) => tracing::error!(link = %s.link, "udp receiver: {e}"),
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracker.spawn(receive_loop(Arc::new(sock), id, own, s, router, cancel));
+}
+
+/// Starts the receive and send tasks of a joined multicast group.
+fn run_multicast(socks: (UdpSocket, UdpSocket, HashSet<IpAddr>), group: SocketAddr, id: u64, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken, tracker: &TaskTracker) {
+    let (rx, tx, local) = socks;
+    let own = OwnSends { port: tx.local_addr().map(|a| a.port()).unwrap_or(0), addrs: local };
+    start_receiver(rx, id, Some(own), s.clone(), router.clone(), cancel.clone(), tracker);
+    tracker.spawn(send_loop(Arc::new(tx), group, id, s, router, cancel));
+}
+
+/// Where our own multicast sends come from (they loop back and are ignored).
+#[derive(Debug, Clone)]
+pub struct OwnSends {
+    port: u16,
+    addrs: HashSet<IpAddr>,
+}
+
+impl OwnSends {
+    fn is(&self, from: &SocketAddr) -> bool {
+        from.port() == self.port && (from.ip().is_loopback() || self.addrs.contains(&from.ip()))
+    }
+}
+
+/// The event in one received datagram, or None (ours, oversized or bad: counted).
+fn datagram_event(data: &[u8], truncated: bool, from: SocketAddr, own: &Option<OwnSends>, s: &DatagramSettings) -> Option<CotEvent> {
+    if own.as_ref().is_some_and(|o| o.is(&from)) {
+        return None;
+    }
+    LinkCounters::add(&s.counters.bytes_in, data.len() as u64);
+    if truncated || data.len() > s.max_datagram {
+        let c = LinkCounters::inc(&s.counters.truncated);
+        log_bad_input(c, &s.link, &from.to_string(), &format!("datagram larger than {} bytes dropped", s.max_datagram));
+        return None;
+    }
+    match mesh::decode(data) {
+        Ok(d) => d.event,
+        Err(e) => {
+            log_bad_input(LinkCounters::inc(&s.counters.decode_errors), &s.link, &from.to_string(), &e);
+            None
+        }
+    }
+}
+
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -207,9 +359,10 @@ pub fn multicast_sockets(o: &MulticastOptions) -> Result<(UdpSocket, UdpSocket, 
     Ok((rx, tx, local))
 }
 
-/// Receives datagrams and routes their events. `own`: datagrams from this source (our own
-/// multicast sends looped back) are ignored.
-pub async fn receive_loop(sock: Arc<UdpSocket>, origin: u64, own: Option<(u16, HashSet<IpAddr>)>, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
+/// Receives datagrams and routes their events without waiting on the router (when it is
+/// saturated they are dropped and counted).
+#[cfg(not(target_os = "linux"))]
+pub async fn receive_loop(sock: Arc<UdpSocket>, origin: u64, own: Option<OwnSends>, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
     let mut buf = vec![0u8; s.max_datagram + 1];
     loop {
         let (n, from) = tokio::select! {
@@ -222,80 +375,41 @@ pub async fn receive_loop(sock: Arc<UdpSocket>, origin: u64, own: Option<(u16, H
                 }
             },
         };
-        if let Some((port, addrs)) = &own {
-            if from.port() == *port && (from.ip().is_loopback() || addrs.contains(&from.ip())) {
-                continue;
-            }
-        }
-        s.counters.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        if n > s.max_datagram {
-            let c = s.counters.truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            log_bad_input(c, &s.link, &from.to_string(), &format!("datagram larger than {} bytes dropped", s.max_datagram));
-            continue;
-        }
-        match mesh::decode(&buf[..n]) {
-            Ok(d) => {
-                if let Some(ev) = d.event {
-                    ingest(&router, &s.policy, &s.counters, origin, ev, false).await;
-                }
-            }
-            Err(e) => {
-                let c = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log_bad_input(c, &s.link, &from.to_string(), &e);
-            }
+        if let Some(ev) = datagram_event(&buf[..n], false, from, &own, &s) {
+            crate::link::ingest::try_ingest(&router, Origin { id: origin, policy: &s.policy, counters: &s.counters }, ev);
         }
     }
 }
 
 /// The batched receiver (Linux): a plain thread takes up to 64 datagrams per `recvmmsg`,
-/// decodes them and hands the events to the router, waiting while it is saturated. It
-/// checks `cancel` at least every 200 ms.
+/// decodes them and hands the events to the router in one command, waiting while it is
+/// saturated (the socket buffer holds what arrives meanwhile). It checks `cancel` at least
+/// every 200 ms.
 #[cfg(target_os = "linux")]
-pub fn receive_thread(sock: std::net::UdpSocket, origin: u64, own: Option<(u16, HashSet<IpAddr>)>, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
-    if let Err(e) = sock.set_nonblocking(false).and_then(|_| sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))) {
+pub fn receive_thread(sock: std::net::UdpSocket, origin: u64, own: Option<OwnSends>, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
+    if let Err(e) = sock.set_nonblocking(false).and_then(|_| sock.set_read_timeout(Some(Duration::from_millis(200)))) {
         tracing::error!(link = %s.link, "udp receiver: {e}");
         return;
     }
     let mut batch = super::mmsg::RecvBatch::new(64, s.max_datagram + 1);
+    let o = Origin { id: origin, policy: &s.policy, counters: &s.counters };
     while !cancel.is_cancelled() {
         let n = match batch.recv(&sock) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
             Err(e) => {
                 tracing::debug!(link = %s.link, "recv error: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let (data, from, truncated) = batch.get(i);
-            let from = from.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-            if let Some((port, addrs)) = &own {
-                if from.port() == *port && (from.ip().is_loopback() || addrs.contains(&from.ip())) {
-                    continue;
-                }
-            }
-            s.counters.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            if truncated || data.len() > s.max_datagram {
-                let c = s.counters.truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log_bad_input(c, &s.link, &from.to_string(), &format!("datagram larger than {} bytes dropped", s.max_datagram));
-                continue;
-            }
-            match mesh::decode(data) {
-                Ok(d) => {
-                    if let Some(m) = d.event.and_then(|ev| super::stream::prepare(&router, &s.policy, &s.counters, origin, ev)) {
-                        out.push(m);
-                    }
-                }
-                Err(e) => {
-                    let c = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    log_bad_input(c, &s.link, &from.to_string(), &e);
-                }
-            }
-        }
-        // One hand-over per batch; while the router is saturated the socket buffer holds
-        // what arrives.
+        let out: Vec<Arc<Message>> = (0..n)
+            .filter_map(|i| {
+                let (data, from, truncated) = batch.get(i);
+                let from = from.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                datagram_event(data, truncated, from, &own, &s).and_then(|ev| prepare(&router.node_id, o, ev, None))
+            })
+            .collect();
         if !router.route_many_blocking(out) {
             return;
         }
@@ -305,21 +419,17 @@ pub fn receive_thread(sock: std::net::UdpSocket, origin: u64, own: Option<(u16, 
 /// Attaches a sending peer for this link and sends each event it gets as one datagram.
 pub async fn send_loop(sock: Arc<UdpSocket>, target: SocketAddr, id: u64, s: Arc<DatagramSettings>, router: RouterHandle, cancel: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Arc<Message>>(s.queue_depth);
-    let peer = PeerInfo::output(id, &s.link, s.transport, target.to_string(), s.policy.clone(), tx, s.counters.clone(), &cancel);
-    if s.format == crate::codec::WireFormat::ProtoMesh {
-        peer.codec.store(crate::router::codec::PROTOBUF_MESH, std::sync::atomic::Ordering::Relaxed);
-    }
-    router.attach(peer).await;
+    let codec = if s.format == WireFormat::ProtoMesh { Codec::ProtobufMesh } else { Codec::Xml };
+    router.attach(PeerInfo::output(id, &s.link, s.transport, target.to_string(), codec, s.policy.clone(), tx, s.counters.clone(), &cancel)).await;
     loop {
         let m = tokio::select! {
             _ = cancel.cancelled() => break,
             m = rx.recv() => match m { Some(m) => m, None => break },
         };
-        let b = m.encoded(s.format);
-        match sock.send_to(b, target).await {
+        match sock.send_to(m.encoded(s.format), target).await {
             Ok(n) => {
-                s.counters.events_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                s.counters.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                LinkCounters::inc(&s.counters.events_out);
+                LinkCounters::add(&s.counters.bytes_out, n as u64);
             }
             Err(e) => tracing::debug!(link = %s.link, %target, "send failed: {e}"),
         }

@@ -76,6 +76,15 @@ impl Pki {
         )
     }
 
+    /// `cert` followed by this CA, in one file: the chain a federate presents.
+    pub fn with_chain(&self, cert: &Path) -> PathBuf {
+        let out = cert.with_extension("chain.pem");
+        let mut pem = std::fs::read(cert).unwrap();
+        pem.extend(std::fs::read(&self.ca).unwrap());
+        std::fs::write(&out, pem).unwrap();
+        out
+    }
+
     pub fn path(&self, p: &Path) -> String {
         p.display().to_string()
     }

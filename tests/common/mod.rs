@@ -21,7 +21,11 @@ use tokio::net::TcpStream;
 pub async fn gateway(toml_text: &str) -> Gateway {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
     let cfg = Config::parse(toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"));
-    runtime::start(&cfg).await.unwrap()
+    let gw = runtime::start(&cfg).await.unwrap();
+    if let Some(a) = &cfg.admin {
+        takgate::admin::spawn(&gw, a).await.unwrap();
+    }
+    gw
 }
 
 /// A position report with a callsign, and a sequence number in remarks.

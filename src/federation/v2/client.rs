@@ -1,9 +1,29 @@
-//! The v2 client role: one HTTP/2 connection for every call of a session.
+//! The v2 client role: one HTTP/2 connection for every call of a session, driven by a
+//! [`ClientSession`]. Each call runs in a task of the session's own set (ended with it):
+//! the task hands the call's request to the connection at once (TAK's order), reads what
+//! the call returns (events and ROL are handled right there), and reports to the session
+//! loop only what its rules need: groups, health replies, and how calls end. The loop
+//! never waits on a reply.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::{Code, Response, Status, Streaming};
 
 use super::*;
-
-// ---------------------------------------------------------------------------------------
-// Client
+use crate::federation::fig::federated_channel_client::FederatedChannelClient;
+use crate::federation::fig::{client_health, server_health, ClientHealth, FederateGroups, Subscription};
+use crate::federation::shared::{admit, receive, RemoteContacts};
+use crate::link::{Codec, CodecCell, Io};
+use crate::missions::Receipts;
+use crate::router::PeerInfo;
+use crate::session::federate::{Action, Call, ClientConfig, ClientSession, End, Health};
 
 /// tonic's client over one hyper HTTP/2 connection: every call shares it, and it is never
 /// silently re-established (TAK matches a session's calls by their connection).
@@ -24,9 +44,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2 {
 
 pub type Client = FederatedChannelClient<H2>;
 
-/// Opens an HTTP/2 connection on `io` and a tonic client on it; the connection is driven
-/// until `session` is cancelled.
-pub async fn h2_client(io: Box<dyn Io>, authority: &str, max: usize, session: &CancellationToken) -> Result<Client, String> {
+/// Opens an HTTP/2 connection on `io` and a tonic client on it. The connection is driven
+/// in `tasks` until `session` is cancelled (and cancels it when it fails).
+pub async fn h2_client(io: Box<dyn Io>, authority: &str, max: usize, session: &CancellationToken, tasks: &mut JoinSet<()>) -> Result<Client, String> {
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(8 << 20)
@@ -36,7 +56,7 @@ pub async fn h2_client(io: Box<dyn Io>, authority: &str, max: usize, session: &C
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
     let s = session.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         tokio::select! {
             _ = conn => {}
             _ = s.cancelled() => {}
@@ -51,211 +71,303 @@ pub fn subscription(sh: &Shared, versioned: bool, uid: &str) -> Subscription {
     Subscription { identity: Some(sh.our_identity(identity::ConnectionType::FederationTakClient, uid.to_owned())), filter: String::new(), version: versioned.then(our_version) }
 }
 
+/// The gap between calls opened one after the other (see `perform`).
+const CALL_GAP: std::time::Duration = std::time::Duration::from_millis(15);
+
+/// What call tasks report to the session loop.
 enum Ev {
-    Health(Result<i32, String>),
-    Closed(String),
+    Groups { serving: bool, groups: Vec<String> },
+    Health(Health),
+    End(Call, End),
+    /// A Subscription reply, with the peer's server id.
+    Peer(String),
 }
 
-async fn next<T>(s: &mut Option<Streaming<T>>) -> Result<Option<T>, Status> {
-    match s {
-        Some(s) => s.message().await,
-        None => std::future::pending().await,
+fn end_of(call: Call, r: Result<(), Status>) -> End {
+    match r {
+        Ok(()) => End::Completed,
+        Err(st) if st.code() == Code::Unimplemented => End::Unimplemented,
+        Err(st) => End::Failed(describe(call.name(), &st)),
     }
 }
 
-/// Starts a bidirectional call whose replies we only drain; its end is reported on `ev`
-/// (an UNIMPLEMENTED answer is ignored when `optional`). The call is polled once here, so
-/// its request is handed to the connection before whatever we call next (TAK's order).
-async fn spawn_call<R: Send + 'static>(what: &'static str, call: impl std::future::Future<Output = Result<Response<Streaming<R>>, Status>> + Send + 'static, ev: mpsc::Sender<Ev>, session: CancellationToken, optional: bool) {
-    let mut call = Box::pin(call);
-    let first = futures_util::poll!(call.as_mut());
-    tokio::spawn(async move {
-        let r = match first {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => tokio::select! {
-                _ = session.cancelled() => return,
-                r = call => r,
-            },
-        };
-        let why = match r {
-            Ok(resp) => {
-                let mut s = resp.into_inner();
-                loop {
-                    let m = tokio::select! {
-                        _ = session.cancelled() => return,
-                        m = s.message() => m,
-                    };
-                    match m {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break format!("{what} was ended by the server"),
-                        Err(st) => break describe(what, &st),
-                    }
-                }
-            }
-            Err(st) if optional && st.code() == Code::Unimplemented => return,
-            Err(st) => describe(what, &st),
-        };
-        let _ = ev.send(Ev::Closed(why)).await;
-    });
-}
-
 /// Runs one outgoing federation v2 session on an established TLS connection.
-pub async fn run_client(io: Box<dyn Io>, remote: String, identity: Option<PeerIdentity>, sh: Arc<Shared>, cancel: CancellationToken) {
+pub(super) async fn run(conn: Conn, sh: Arc<Shared>) {
+    let Conn { io, remote, identity, cancel } = conn;
     let Some(identity) = admit(identity, &sh.s, &remote) else { return };
     let session = cancel.child_token();
-    let id = sh.router.next_id();
-    let serial = sh.serial.fetch_add(1, Ordering::Relaxed);
     tracing::info!(link = %sh.s.link, %remote, federate = %identity.federate_name(), fingerprint = %identity.fingerprint, "connected to federate (v2)");
-    let r = client_session(io, &remote, id, serial, &sh, &session).await;
+    let mut tasks = JoinSet::new();
+    let r = match h2_client(io, &remote, sh.s.max_frame, &session, &mut tasks).await {
+        Ok(client) => ClientIo::new(client, &remote, sh.clone(), session.clone(), tasks).run().await,
+        Err(e) => Err(e),
+    };
     session.cancel();
-    lock(&sh.rol_out).remove(&serial);
-    sh.router.detach(id).await;
     match r {
         Ok(()) => tracing::info!(link = %sh.s.link, %remote, "federation v2 session closed"),
         Err(e) => {
             tracing::warn!(link = %sh.s.link, %remote, "federation v2 session ended: {e}");
             if let Some(st) = lock(&sh.status).as_ref() {
-                st.set(|c| c.last_error = Some(e.clone()));
+                st.note_error(e);
             }
         }
     }
 }
 
-async fn client_session(io: Box<dyn Io>, remote: &str, id: u64, serial: u64, sh: &Arc<Shared>, session: &CancellationToken) -> Result<(), String> {
-    let s = sh.s.clone();
-    let mut client = h2_client(io, remote, s.max_frame, session).await?;
-    let uid = random_uid();
-    let plain = subscription(sh, false, &uid);
-    let versioned = subscription(sh, true, &uid);
-    let (ev_tx, mut ev_rx) = mpsc::channel::<Ev>(16);
+/// The I/O of one client session.
+struct ClientIo {
+    sh: Arc<Shared>,
+    client: Client,
+    remote: String,
+    id: u64,
+    uid: String,
+    session: CancellationToken,
+    tasks: JoinSet<()>,
+    ev_tx: mpsc::Sender<Ev>,
+    ev_rx: mpsc::Receiver<Ev>,
+    grp_tx: Option<mpsc::Sender<FederateGroups>>,
+    rol_tx: mpsc::Sender<OutRol>,
+    rol_rx: Option<mpsc::Receiver<OutRol>>,
+    inject: Arc<Inject>,
+    receipts: Option<Arc<Receipts>>,
+    contacts: Arc<RemoteContacts>,
+    health: Option<AbortHandle>,
+    delivering: bool,
+    /// When ClientEventStream was opened (ServerEventStream goes a moment later).
+    events_opened: Option<tokio::time::Instant>,
+}
 
-    // 1. The groups stream first: the server answers SERVING on it.
-    let mut groups = match client.server_federate_groups_stream(plain.clone()).await {
-        Ok(r) => Some(r.into_inner()),
-        Err(st) if st.code() == Code::Unimplemented => None,
-        Err(st) => return Err(describe("ServerFederateGroupsStream", &st)),
-    };
-    // 1b. Our groups go on ClientFederateGroupsStream once the server is SERVING.
-    let (grp_tx, grp_rx) = mpsc::channel::<FederateGroups>(4);
-    spawn_call("ClientFederateGroupsStream", { let mut c = client.clone(); async move { c.client_federate_groups_stream(recv_stream(grp_rx)).await } }, ev_tx.clone(), session.clone(), true).await;
-    // A server starts each call's handler on its own task, and two requests that arrive in
-    // one read may start in either order; a short gap keeps TAK's order at the server too.
-    tokio::time::sleep(Duration::from_millis(25)).await;
-    // 2. ClientEventStream, with a version so TAK answers our health checks.
-    let mut events_in = Some(client.client_event_stream(versioned.clone()).await.map_err(|st| describe("ClientEventStream", &st))?.into_inner());
-    // 3. Health checks; each SERVING answer confirms the mission changes written before it
-    // was asked.
-    let receipts = sh.missions.as_ref().map(|m| crate::missions::Receipts::new(m.store.clone()));
-    {
-        let (mut c, ev, stop, every, receipts) = (client.clone(), ev_tx.clone(), session.clone(), s.health_interval, receipts.clone());
-        let patience = s.health_timeout.max(every);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
+impl ClientIo {
+    fn new(client: Client, remote: &str, sh: Arc<Shared>, session: CancellationToken, tasks: JoinSet<()>) -> ClientIo {
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let (rol_tx, rol_rx) = mpsc::channel(256);
+        let receipts = sh.missions.as_ref().map(|m| Receipts::new(m.store.clone()));
+        ClientIo { id: sh.router.next_id(), sh, client, remote: remote.to_owned(), uid: random_uid(), session, tasks, ev_tx, ev_rx, grp_tx: None, rol_tx, rol_rx: Some(rol_rx), inject: Arc::default(), receipts, contacts: Arc::default(), health: None, delivering: false, events_opened: None }
+    }
+
+    async fn run(mut self) -> Result<(), String> {
+        let s = &self.sh.s;
+        let cfg = ClientConfig { health_interval: s.health_interval, health_timeout: s.health_timeout.max(s.health_interval), send_groups: !s.outbound_group_names.is_empty() };
+        let mut fs = ClientSession::new(cfg, Instant::now());
+        let r = self.drive(&mut fs).await;
+        self.sh.router.detach(self.id).await;
+        self.contacts.gone(self.id, &self.sh.s, &self.sh.router).await;
+        r
+    }
+
+    async fn drive(&mut self, fs: &mut ClientSession) -> Result<(), String> {
+        let mut silent_logged = false;
+        loop {
+            while let Some(a) = fs.poll_action() {
+                self.perform(a).await;
+            }
+            if let Some(why) = fs.closed() {
+                return Err(why.to_owned());
+            }
+            if fs.peer_is_silent() && !silent_logged {
+                silent_logged = true;
+                tracing::warn!(link = %self.sh.s.link, remote = %self.remote, "the peer does not answer health checks (a Federation Hub with enableHealthCheck: false?): keeping the session, and sending mission changes without the first healthy check");
+            }
+            let wake = fs.poll_timeout();
+            tokio::select! {
+                _ = self.session.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(wake.into()) => fs.handle_timeout(Instant::now()),
+                Some(ev) = self.ev_rx.recv() => self.feed(fs, ev),
+            }
+        }
+    }
+
+    fn feed(&mut self, fs: &mut ClientSession, ev: Ev) {
+        match ev {
+            Ev::Groups { serving, groups } => {
+                if !groups.is_empty() {
+                    tracing::info!(link = %self.sh.s.link, remote = %self.remote, ?groups, "federate announced its groups");
                 }
-                let asked = Instant::now();
-                let r = match tokio::time::timeout(patience, c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 })).await {
-                    Ok(Ok(h)) => {
-                        let st = h.into_inner().status;
-                        if st == server_health::ServingStatus::Serving as i32 {
-                            if let Some(r) = &receipts {
-                                r.confirm_before(asked.into_std());
-                            }
-                        }
-                        Ok(st)
-                    }
-                    Ok(Err(st)) => Err(describe("HealthCheck", &st)),
-                    Err(_) => Err(format!("HealthCheck: no answer within {:.0} s (does the server need a Subscription version? is it alive? a slow link may need a higher health_timeout_secs)", patience.as_secs_f64())),
-                };
-                let failed = r.is_err();
-                if ev.send(Ev::Health(r)).await.is_err() || failed {
-                    return;
+                fs.handle_groups(serving);
+            }
+            Ev::Health(h) => {
+                if let (Some(asked), Some(r)) = (fs.handle_health(h, Instant::now()), &self.receipts) {
+                    r.confirm_before(asked);
                 }
             }
+            Ev::End(call, end) => fs.handle_end(call, end, Instant::now()),
+            Ev::Peer(server_id) => self.sh.check_peer_id(&server_id, &self.remote),
+        }
+    }
+
+    async fn perform(&mut self, a: Action) {
+        match a {
+            Action::Open(Call::HealthCheck) => self.health_check(),
+            Action::Open(call) => {
+                // A server starts each call's handler on a task of its own (hyper, and
+                // grpc-java's executor), so calls that arrive together may be handled in
+                // either order. Short gaps keep TAK's order at the server too: above all
+                // ClientEventStream before ServerEventStream, or a TAK Server loses the
+                // contact snapshot for the whole connection.
+                if call == Call::ServerEvents {
+                    if let Some(t) = self.events_opened {
+                        tokio::time::sleep_until(t + CALL_GAP * 4).await;
+                    }
+                }
+                self.open(call).await;
+                if call == Call::ClientEvents {
+                    self.events_opened = Some(tokio::time::Instant::now());
+                }
+                if matches!(call, Call::ServerFederateGroups | Call::ClientFederateGroups | Call::ClientEvents) {
+                    tokio::time::sleep(CALL_GAP).await;
+                }
+            }
+            Action::SendGroups => {
+                if let Some(tx) = &self.grp_tx {
+                    let _ = tx.try_send(FederateGroups { federate_groups: self.sh.s.outbound_group_names.clone(), ..Default::default() });
+                }
+            }
+            Action::StartDelivery => self.start_delivery(),
+        }
+    }
+
+    /// One health check; the previous one, if it is still out, is given up (one at a time).
+    fn health_check(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.abort();
+        }
+        let (mut c, ev) = (self.client.clone(), self.ev_tx.clone());
+        let h = self.tasks.spawn(async move {
+            let r = match c.health_check(ClientHealth { status: client_health::ServingStatus::Serving as i32 }).await {
+                Ok(h) => Ev::Health(health_of(h.into_inner().status)),
+                Err(st) => Ev::End(Call::HealthCheck, End::Failed(describe("HealthCheck", &st))),
+            };
+            let _ = ev.send(r).await;
+        });
+        self.health = Some(h);
+    }
+
+    fn start_delivery(&mut self) {
+        if self.delivering {
+            return;
+        }
+        self.delivering = true;
+        if let (Some(m), Some(id), Some(r)) = (&self.sh.missions, self.sh.server_id, &self.receipts) {
+            self.tasks.spawn(m.clone().deliver(id, self.rol_tx.clone(), r.clone(), self.session.clone()));
+        }
+    }
+
+    async fn open(&mut self, call: Call) {
+        let (sh, ev, id) = (self.sh.clone(), self.ev_tx.clone(), self.id);
+        let plain = subscription(&sh, false, &self.uid);
+        let mut c = self.client.clone();
+        match call {
+            Call::ServerFederateGroups => {
+                let fut = async move { c.server_federate_groups_stream(plain).await };
+                self.spawn_call(call, fut, move |g: FederateGroups| {
+                    let serving = g.stream_update.as_ref().is_some_and(|u| u.status == server_health::ServingStatus::Serving as i32);
+                    let _ = ev.try_send(Ev::Groups { serving, groups: g.federate_groups });
+                })
+                .await
+            }
+            Call::ClientFederateGroups => {
+                let (tx, rx) = mpsc::channel(4);
+                self.grp_tx = Some(tx);
+                let fut = async move { c.client_federate_groups_stream(recv_stream(rx)).await };
+                self.spawn_call(call, fut, peer_reply(ev)).await
+            }
+            Call::ClientEvents => {
+                let versioned = subscription(&sh, true, &self.uid);
+                let contacts = self.contacts.clone();
+                let fut = async move { c.client_event_stream(versioned).await };
+                self.spawn_read(call, fut, move |fe: FederatedEvent| {
+                    let (sh, contacts) = (sh.clone(), contacts.clone());
+                    async move {
+                        LinkCounters::add(&sh.s.counters.bytes_in, fe.encoded_len() as u64);
+                        receive(fe, id, &sh.s, &sh.router, &contacts).await
+                    }
+                })
+                .await
+            }
+            Call::ServerRol => {
+                let Some(rx) = self.rol_rx.take() else { return };
+                let out = rol_stream(rx, sh, self.inject.clone(), self.session.clone(), None).filter_map(|r| std::future::ready(r.ok()));
+                let fut = async move { c.server_rol_stream(out).await };
+                self.spawn_call(call, fut, peer_reply(ev)).await
+            }
+            Call::ServerEvents => {
+                let out = self.server_events().await;
+                let fut = async move { c.server_event_stream(out).await };
+                self.spawn_call(call, fut, peer_reply(ev)).await
+            }
+            Call::ClientRol => {
+                let remote = self.remote.clone();
+                let fut = async move { c.client_rol_stream(plain).await };
+                self.spawn_read(call, fut, move |r| {
+                    let (sh, remote) = (sh.clone(), remote.clone());
+                    async move { sh.handle_rol(&remote, r).await }
+                })
+                .await
+            }
+            Call::HealthCheck => {}
+        }
+    }
+
+    /// ServerEventStream's request stream: an empty event first (harmless, as TAK's hub
+    /// client does), the contact snapshot and latest SA, then injected and live traffic.
+    async fn server_events(&mut self) -> impl Stream<Item = FederatedEvent> + Send + 'static {
+        let s = self.sh.s.clone();
+        let snapshot: Vec<Arc<Message>> = self.sh.router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
+        let (tx, rx) = mpsc::channel(s.queue_depth);
+        let info = PeerInfo { codec: CodecCell::new(Codec::FigGrpc), id: self.id, link: s.link.clone(), transport: "federation-v2", remote: self.remote.clone(), identity: None, policy: s.policy.clone(), tx, overflow: crate::config::Overflow::Drop, counters: s.counters.clone(), close: self.session.clone() };
+        self.sh.router.attach(info).await;
+        EventOut::new(&snapshot, Some(FederatedEvent::default()), rx, self.inject.clone(), s, self.session.clone()).stream().filter_map(|r| std::future::ready(r.ok()))
+    }
+
+    /// Starts a call whose replies `each` handles synchronously; its end goes to the loop.
+    async fn spawn_call<R: Send + 'static>(&mut self, call: Call, fut: impl std::future::Future<Output = Result<Response<Streaming<R>>, Status>> + Send + 'static, mut each: impl FnMut(R) + Send + 'static) {
+        self.spawn_read(call, fut, move |r| {
+            each(r);
+            std::future::ready(())
+        })
+        .await
+    }
+
+    /// Starts a call and reads what it returns with `each` (awaited in order). The call is
+    /// polled once here, so its request is handed to the connection before whatever is
+    /// opened next (TAK's order); its response headers are never waited for here.
+    async fn spawn_read<R: Send + 'static, F: std::future::Future<Output = ()> + Send + 'static>(&mut self, call: Call, fut: impl std::future::Future<Output = Result<Response<Streaming<R>>, Status>> + Send + 'static, mut each: impl FnMut(R) -> F + Send + 'static) {
+        let mut fut = Box::pin(fut);
+        let first = futures_util::poll!(fut.as_mut());
+        let ev = self.ev_tx.clone();
+        self.tasks.spawn(async move {
+            let r = match first {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => fut.await,
+            };
+            let end = async {
+                let mut s = r?.into_inner();
+                while let Some(x) = s.message().await? {
+                    each(x).await;
+                }
+                Ok(())
+            };
+            let _ = ev.send(Ev::End(call, end_of(call, end.await))).await;
         });
     }
-    // 4. ServerROLStream for what we send.
-    let (rol_tx, rol_rx) = mpsc::channel::<OutRol>(256);
-    lock(&sh.rol_out).insert(serial, rol_tx.clone());
-    let rol_out = rol_stream(rol_rx, sh.clone(), session.clone(), None).filter_map(|r| std::future::ready(r.ok()));
-    spawn_call("ServerROLStream", { let mut c = client.clone(); async move { c.server_rol_stream(rol_out).await } }, ev_tx.clone(), session.clone(), false).await;
+}
 
-    let mut serving = false;
-    let mut rol_in: Option<Streaming<Rol>> = None;
-    let mut healthy = false;
-    if groups.is_none() {
-        // An old server without the groups stream: go ahead, as TAK's client does.
-        open_events(&mut client, id, sh, session, &ev_tx).await;
-        serving = true;
-    }
-    loop {
-        tokio::select! {
-            _ = session.cancelled() => return Ok(()),
-            m = next(&mut groups) => match m {
-                Ok(Some(g)) => {
-                    if g.stream_update.as_ref().is_some_and(|u| u.status == server_health::ServingStatus::Serving as i32) && !serving {
-                        serving = true;
-                        open_events(&mut client, id, sh, session, &ev_tx).await;
-                        if !s.outbound_group_names.is_empty() {
-                            let _ = grp_tx.try_send(FederateGroups { federate_groups: s.outbound_group_names.clone(), ..Default::default() });
-                        }
-                    }
-                    if !g.federate_groups.is_empty() {
-                        tracing::info!(link = %s.link, %remote, groups = ?g.federate_groups, "federate announced its groups");
-                    }
-                }
-                Ok(None) => return Err("ServerFederateGroupsStream was ended by the server".into()),
-                Err(st) => return Err(describe("ServerFederateGroupsStream", &st)),
-            },
-            m = next(&mut events_in) => match m {
-                Ok(Some(fe)) => {
-                    s.counters.bytes_in.fetch_add(fe.encoded_len() as u64, Ordering::Relaxed);
-                    receive(fe, id, &s, &sh.router).await;
-                }
-                Ok(None) => return Err("ClientEventStream was ended by the server".into()),
-                Err(st) => return Err(describe("ClientEventStream", &st)),
-            },
-            m = next(&mut rol_in) => match m {
-                Ok(Some(r)) => sh.handle_rol(remote, r).await,
-                Ok(None) => return Err("ClientROLStream was ended by the server".into()),
-                Err(st) => return Err(describe("ClientROLStream", &st)),
-            },
-            Some(ev) = ev_rx.recv() => match ev {
-                Ev::Health(Ok(st)) if st == server_health::ServingStatus::Serving as i32 => {
-                    if !healthy {
-                        healthy = true;
-                        tracing::info!(link = %s.link, %remote, "federation v2: first health check SERVING");
-                        rol_in = Some(client.client_rol_stream(plain.clone()).await.map_err(|st| describe("ClientROLStream", &st))?.into_inner());
-                        // As TAK's client: queued and replayed mission changes go after the
-                        // first healthy check.
-                        if let (Some(m), Some(id), Some(r)) = (&sh.missions, sh.server_id, &receipts) {
-                            tokio::spawn(m.clone().deliver(id, rol_tx.clone(), r.clone(), session.clone()));
-                        }
-                    }
-                }
-                Ev::Health(Ok(st)) => {
-                    let name = server_health::ServingStatus::try_from(st).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
-                    return Err(format!("health check answered {name}"));
-                }
-                Ev::Health(Err(e)) | Ev::Closed(e) => return Err(e),
-            },
+/// A reader for a call that answers with a Subscription: notes the peer's server id.
+fn peer_reply(ev: mpsc::Sender<Ev>) -> impl FnMut(Subscription) + Send + 'static {
+    move |sub: Subscription| {
+        if let Some(id) = sub.identity {
+            let _ = ev.try_send(Ev::Peer(id.server_id));
         }
     }
 }
 
-/// Opens ServerEventStream: an empty event first (harmless, as TAK's hub client does), the
-/// contact snapshot and latest SA, then live traffic.
-async fn open_events(client: &mut Client, id: u64, sh: &Arc<Shared>, session: &CancellationToken, ev: &mpsc::Sender<Ev>) {
-    let s = sh.s.clone();
-    let snapshot: Vec<Arc<Message>> = sh.router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
-    let (tx, rx) = mpsc::channel(s.queue_depth);
-    sh.router
-        .attach(PeerInfo { codec: Arc::new(std::sync::atomic::AtomicU8::new(crate::router::codec::FIG_GRPC)), id, link: s.link.clone(), transport: "federation-v2", remote: String::new(), identity: None, policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.child_token() })
-        .await;
-    let out = EventOut::new(&snapshot, Some(FederatedEvent::default()), rx, s, session.clone()).stream().filter_map(|r| std::future::ready(r.ok()));
-    spawn_call("ServerEventStream", { let mut c = client.clone(); async move { c.server_event_stream(out).await } }, ev.clone(), session.clone(), false).await;
+fn health_of(status: i32) -> Health {
+    match server_health::ServingStatus::try_from(status) {
+        Ok(server_health::ServingStatus::Serving) => Health::Serving,
+        Ok(server_health::ServingStatus::NotServing) => Health::NotServing,
+        Ok(server_health::ServingStatus::NotConnected) => Health::NotConnected,
+        _ => Health::Unknown,
+    }
 }
 
 fn recv_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {

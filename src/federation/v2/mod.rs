@@ -1,54 +1,48 @@
 //! Federation v2 (TAK Server's port 9001 protocol): the gRPC service
 //! `com.atakmap.FederatedChannel` over mutual TLS with ALPN `h2`, as a server and as a
-//! client, following TAK Server's sequence (../shared/specs/tak-federation.md §3).
+//! client (../shared/specs/tak-federation.md §3). The rules of a session (call order,
+//! health deadlines, receipts) are [`crate::session::federate`]; this module is the I/O
+//! around them: tonic calls on one hyper HTTP/2 connection per session.
 //!
-//! Server: each TLS connection is one HTTP/2 connection and one federate session: every
-//! RPC on it shares the session (TAK keys sessions by TLS session id, which comes to the
-//! same thing). ServerFederateGroupsStream answers SERVING first; ClientEventStream is the
-//! outbound event stream (contact snapshot and latest SA first); ServerEventStream,
-//! ServerROLStream and ClientFederateGroupsStream answer their `Subscription` at once and
-//! stay open; HealthCheck answers SERVING once ClientEventStream is open, NOT_CONNECTED
-//! before; outbound streams without a health check for `health_timeout` (15 s) end with
-//! DEADLINE_EXCEEDED and the connection is closed; a second connection from a federate
-//! that already has an active ServerEventStream is refused with ALREADY_EXISTS.
+//! * [`server`]: each TLS connection is one HTTP/2 connection and one federate session;
+//!   every RPC on it shares the session (TAK keys sessions by TLS session id, which comes
+//!   to the same thing). A second connection from a federate that already has an active
+//!   ServerEventStream is refused with ALREADY_EXISTS.
+//! * [`client`]: one HTTP/2 connection for every call of a session, in TAK's order, never
+//!   waiting on a reply a TAK Server sends late (response headers come with the first
+//!   message in grpc-java).
 //!
-//! Client: one HTTP/2 connection for every call, in TAK's order: ServerFederateGroupsStream,
-//! ClientFederateGroupsStream, ClientEventStream with a version (major > 0), HealthCheck
-//! every `health_interval` (3 s), ServerROLStream; ServerEventStream once the groups stream
-//! says SERVING (an empty event first, then the snapshot and live traffic);
-//! ClientROLStream after the first SERVING health reply. Any stream error, a health reply
-//! other than SERVING or no reply within 10 s ends the session and the connector
-//! reconnects with backoff.
+//! What both roles send: events as `FederatedEvent`s (an outbound stream fed by the
+//! router, with the contact snapshot and latest SA first), and the mission queue as ROL:
+//! each queued change in TAK's shape, stamped with our provenance, hops and the federation
+//! groups it may reach; an item's CoT goes on the event stream just before the ROL that
+//! adds it (a TAK Server adds a uid only when it has its CoT).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures_util::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::tokio_stream::Stream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Status};
 
-use super::fig::federated_channel_client::FederatedChannelClient;
-use super::fig::federated_channel_server::{FederatedChannel, FederatedChannelServer};
-use super::fig::{client_health, identity, server_health, BinaryBlob, ClientHealth, Empty, FederateGroups, FederateHops, FederateProvenance, FederateTokenResponse, FederatedEvent, Identity, Rol, ServerHealth, Subscription, TakServerVersion};
-use super::link::{admit, federated_for, receive, FedSettings};
-use crate::config::Overflow;
-use crate::missions::{Missions, OutRol};
-use crate::router::{LinkCounters, Message, PeerIdentity, PeerInfo, RouterHandle};
-use crate::transport::tcp::{ConnStatus, Io};
+use super::fig::{identity, FederateHops, FederateProvenance, FederatedEvent, Identity, Rol, TakServerVersion};
+use super::shared::{federated_for, outbound_groups_for, FedSettings};
+use crate::link::listen::{Conn, Handler};
+use crate::link::{ConnStatus, LinkCounters};
+use crate::missions::{to_rol, Missions, OutRol};
+use crate::router::{Message, RouterHandle};
+use crate::sync::lock;
 
-/// Largest gRPC message accepted or sent (TAK Server allows 256 MiB; ROL carries files).
-pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
+mod client;
+mod server;
 
-/// What a received ROL is handed to (the mission store, when there is one).
-pub type RolHandler = Arc<dyn Fn(&str, Rol) + Send + Sync>;
+pub use client::{h2_client, subscription, Client, H2};
+
+pub use super::shared::DEFAULT_MAX_MESSAGE;
 
 pub(super) type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -57,15 +51,12 @@ pub struct Shared {
     pub s: Arc<FedSettings>,
     pub router: RouterHandle,
     /// Server role: the connection holding each federate's (by fingerprint) event stream.
-    pub(super) active: Mutex<HashMap<String, u64>>,
-    /// Open outbound ROL streams, by connection.
-    pub(super) rol_out: Mutex<HashMap<u64, mpsc::Sender<OutRol>>>,
+    pub(super) active: Mutex<std::collections::HashMap<String, u64>>,
     /// The mission store: received ROL is applied to it, and its queue is delivered.
     pub missions: Option<Arc<Missions>>,
     /// Client role: this link's federation server row.
     pub server_id: Option<i64>,
     pub(super) serial: AtomicU64,
-    rol_handler: Mutex<Option<RolHandler>>,
     /// Client role: the connector's status, where session failures are recorded.
     pub status: Mutex<Option<Arc<ConnStatus>>>,
 }
@@ -76,38 +67,39 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+impl Handler for Shared {
+    /// Client role when the link has a connector status, else server role.
+    fn run(self: Arc<Self>, conn: Conn) -> futures_util::future::BoxFuture<'static, ()> {
+        if lock(&self.status).is_some() {
+            Box::pin(client::run(conn, self))
+        } else {
+            Box::pin(server::serve(conn, self))
+        }
+    }
+}
+
 impl Shared {
     pub fn new(s: Arc<FedSettings>, router: RouterHandle, missions: Option<Arc<Missions>>, server_id: Option<i64>) -> Arc<Shared> {
-        Arc::new(Shared { s, router, active: Mutex::default(), rol_out: Mutex::default(), missions, server_id, serial: AtomicU64::new(1), rol_handler: Mutex::new(None), status: Mutex::new(None) })
+        Arc::new(Shared { s, router, active: Mutex::default(), missions, server_id, serial: AtomicU64::new(1), status: Mutex::new(None) })
     }
 
-    /// Where received ROL goes (default: counted and logged).
-    pub fn set_rol_handler(&self, h: RolHandler) {
-        *lock(&self.rol_handler) = Some(h);
-    }
-
-    /// Sends a ROL to every federate session with an open outbound ROL stream; returns how
-    /// many took it.
-    pub fn send_rol(&self, rol: &Rol) -> usize {
-        lock(&self.rol_out).values().filter(|tx| tx.try_send(OutRol { rol: rol.clone(), written: None }).is_ok()).count()
-    }
-
+    /// A ROL from federate `from`: dropped when it carries our own provenance, else its
+    /// mission changes are applied (in the local groups its federation groups map to).
     pub(super) async fn handle_rol(&self, from: &str, rol: Rol) {
         if rol.federate_provenance.iter().any(|p| p.federation_server_id == self.s.node_id) {
             LinkCounters::inc(&self.s.counters.loops);
             return;
         }
         LinkCounters::inc(&self.s.counters.events_in);
+        LinkCounters::add(&self.s.counters.bytes_in, rol.encoded_len() as u64);
         if let Some(m) = &self.missions {
-            let r = m.apply_rol(from, &rol).await;
+            let groups = super::shared::inbound_groups(&rol.federate_groups, &self.s);
+            let r = m.apply_rol(from, &rol, &groups).await;
             tracing::debug!(link = %self.s.link, federate = from, program = rol.program.lines().next().unwrap_or(""), result = ?r, "ROL applied");
-        }
-        let h = lock(&self.rol_handler).clone();
-        if let Some(h) = h {
-            h(from, rol);
         }
     }
 
+    /// Our provenance and hop count on a ROL we send.
     pub(super) fn stamp_rol(&self, mut rol: Rol) -> Rol {
         if !rol.federate_provenance.iter().any(|p| p.federation_server_id == self.s.node_id) {
             rol.federate_provenance.push(FederateProvenance { federation_server_id: self.s.node_id.clone(), federation_server_name: self.s.display_name.clone() });
@@ -119,10 +111,14 @@ impl Shared {
     pub(super) fn our_identity(&self, ty: identity::ConnectionType, uid: String) -> Identity {
         Identity { name: self.s.display_name.clone(), uid, description: format!("takgate {}", env!("CARGO_PKG_VERSION")), r#type: ty as i32, server_id: self.s.node_id.clone() }
     }
-}
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// Warns when a peer presents our own server id: everything it sends would be dropped
+    /// as a loop, and a hub would refuse one of us (two gateways left on one id).
+    pub(super) fn check_peer_id(&self, peer_server_id: &str, remote: &str) {
+        if !peer_server_id.is_empty() && peer_server_id == self.s.node_id {
+            tracing::warn!(link = %self.s.link, remote, server_id = peer_server_id, "the federate presents our own node id: set a distinct [node] id on one of the two (traffic between them is dropped as a loop)");
+        }
+    }
 }
 
 /// The version we announce: TAK Server only completes health checks for subscribers whose
@@ -131,9 +127,7 @@ pub(super) fn our_version() -> TakServerVersion {
     TakServerVersion { major: 5, minor: 5, patch: 0, branch: "takgate".into(), variant: env!("CARGO_PKG_VERSION").into() }
 }
 
-pub(super) fn random_uid() -> String {
-    (0..32).map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0')).collect()
-}
+pub(super) use crate::cot::random_uid;
 
 /// A gRPC status in words an operator can act on.
 pub(super) fn describe(what: &str, st: &Status) -> String {
@@ -157,17 +151,7 @@ pub(super) fn describe(what: &str, st: &Status) -> String {
         }
         src = e.source();
     }
-    let hint = if let Some(i) = detail.find("received fatal alert: ") {
-        let alert = detail[i + 22..].split([' ', ':', ')']).next().unwrap_or("");
-        match alert {
-            "UnknownCA" | "BadCertificate" | "CertificateUnknown" | "DecryptError" => format!(" [the peer refused our certificate (TLS alert {alert}): is our CA in its federation truststore?]"),
-            "CertificateExpired" => " [the peer refused our certificate as expired (TLS alert CertificateExpired): renew it]".to_string(),
-            "CertificateRevoked" => " [the peer says our certificate is revoked]".to_string(),
-            a => format!(" [TLS alert {a} from the peer]"),
-        }
-    } else {
-        String::new()
-    };
+    let hint = tls_alert_hint(&detail);
     if detail.is_empty() {
         format!("{what}: {code} ({:?}){hint}", st.code())
     } else {
@@ -175,44 +159,77 @@ pub(super) fn describe(what: &str, st: &Status) -> String {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Streams
+fn tls_alert_hint(detail: &str) -> String {
+    let Some(i) = detail.find("received fatal alert: ") else { return String::new() };
+    match detail[i + 22..].split([' ', ':', ')']).next().unwrap_or("") {
+        a @ ("UnknownCA" | "BadCertificate" | "CertificateUnknown" | "DecryptError") => format!(" [the peer refused our certificate (TLS alert {a}): is our CA in its federation truststore?]"),
+        "CertificateExpired" => " [the peer refused our certificate as expired (TLS alert CertificateExpired): renew it]".to_string(),
+        "CertificateRevoked" => " [the peer says our certificate is revoked]".to_string(),
+        a => format!(" [TLS alert {a} from the peer]"),
+    }
+}
+
+/// FederatedEvents to send ahead of the router's traffic on a session's event stream (the
+/// CoT of a mission item, just before the ROL that adds it).
+#[derive(Default)]
+pub(super) struct Inject {
+    q: Mutex<VecDeque<FederatedEvent>>,
+    wake: Notify,
+}
+
+impl Inject {
+    pub(super) fn push(&self, fe: FederatedEvent) {
+        lock(&self.q).push_back(fe);
+        self.wake.notify_one();
+    }
+    fn take(&self, out: &mut VecDeque<FederatedEvent>) {
+        out.extend(lock(&self.q).drain(..));
+    }
+}
 
 /// The outbound event stream of one session: queued `FederatedEvent`s first (an empty
-/// event, the snapshot), then live traffic from the router, until `stop`; with `expired`
-/// set it ends with DEADLINE_EXCEEDED.
+/// event, the snapshot), then injected ones and live traffic from the router, until
+/// `stop`; with `expired` set it ends with DEADLINE_EXCEEDED.
 pub(super) struct EventOut {
     pub(super) pending: VecDeque<FederatedEvent>,
     pub(super) rx: mpsc::Receiver<Arc<Message>>,
+    pub(super) inject: Arc<Inject>,
     pub(super) announced: HashSet<String>,
     pub(super) s: Arc<FedSettings>,
     pub(super) stop: CancellationToken,
     pub(super) expired: Option<Arc<AtomicBool>>,
     pub(super) done: bool,
+    /// Detaches the session's router peer when the stream goes away.
     pub(super) _guard: Option<DetachGuard>,
 }
 
 impl EventOut {
-    pub(super) fn new(snapshot: &[Arc<Message>], lead: Option<FederatedEvent>, rx: mpsc::Receiver<Arc<Message>>, s: Arc<FedSettings>, stop: CancellationToken) -> EventOut {
-        let mut o = EventOut { pending: lead.into_iter().collect(), rx, announced: HashSet::new(), s, stop, expired: None, done: false, _guard: None };
+    pub(super) fn new(snapshot: &[Arc<Message>], lead: Option<FederatedEvent>, rx: mpsc::Receiver<Arc<Message>>, inject: Arc<Inject>, s: Arc<FedSettings>, stop: CancellationToken) -> EventOut {
+        let mut o = EventOut { pending: lead.into_iter().collect(), rx, inject, announced: HashSet::new(), s, stop, expired: None, done: false, _guard: None };
         for m in snapshot {
-            let (pending, announced) = (&mut o.pending, &mut o.announced);
-            federated_for(m, &o.s, announced, |fe| pending.push_back(fe));
+            o.add(m);
         }
         o
+    }
+
+    fn add(&mut self, m: &Message) {
+        let (pending, announced) = (&mut self.pending, &mut self.announced);
+        federated_for(m, &self.s, announced, |fe| pending.push_back(fe));
     }
 
     pub(super) fn stream(self) -> impl Stream<Item = Result<FederatedEvent, Status>> + Send + 'static {
         futures_util::stream::unfold(self, |mut o| async move {
             loop {
+                o.inject.take(&mut o.pending);
                 if let Some(fe) = o.pending.pop_front() {
                     LinkCounters::inc(&o.s.counters.events_out);
-                    o.s.counters.bytes_out.fetch_add(fe.encoded_len() as u64, Ordering::Relaxed);
+                    LinkCounters::add(&o.s.counters.bytes_out, fe.encoded_len() as u64);
                     return Some((Ok(fe), o));
                 }
                 if o.done {
                     return None;
                 }
+                let inject = o.inject.clone();
                 tokio::select! {
                     biased;
                     _ = o.stop.cancelled() => {
@@ -223,15 +240,14 @@ impl EventOut {
                         }
                         return None;
                     }
+                    _ = inject.wake.notified() => {}
                     m = o.rx.recv() => match m {
                         Some(m) => {
-                            let (pending, announced) = (&mut o.pending, &mut o.announced);
-                            federated_for(&m, &o.s, announced, |fe| pending.push_back(fe));
+                            o.add(&m);
                             // take what else is queued without waiting
                             while o.pending.len() < 256 {
                                 let Ok(m) = o.rx.try_recv() else { break };
-                                let (pending, announced) = (&mut o.pending, &mut o.announced);
-                                federated_for(&m, &o.s, announced, |fe| pending.push_back(fe));
+                                o.add(&m);
                             }
                         }
                         None => return None,
@@ -254,10 +270,7 @@ pub(super) struct DetachGuard {
 impl Drop for DetachGuard {
     fn drop(&mut self) {
         if self.current.load(Ordering::Relaxed) == self.generation {
-            let (router, id) = (self.router.clone(), self.id);
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move { router.detach(id).await });
-            }
+            self.router.detach_now(self.id);
         }
     }
 }
@@ -273,35 +286,66 @@ pub(super) fn then_hold<T: Send + 'static>(items: Vec<T>, until: CancellationTok
     }))
 }
 
-/// Outbound ROL for one session, stamped with our provenance.
-pub(super) fn rol_stream(rx: mpsc::Receiver<OutRol>, sh: Arc<Shared>, stop: CancellationToken, expired: Option<Arc<AtomicBool>>) -> impl Stream<Item = Result<Rol, Status>> + Send + 'static {
-    futures_util::stream::unfold((false, rx, sh, stop, expired), |(done, mut rx, sh, stop, expired)| async move {
+/// The CoT of a mission item as the FederatedEvent that goes just before its ADD_CONTENT
+/// (destined to the mission, as TAK's own replay sends it).
+fn item_event(change: &crate::store::Change, s: &FedSettings) -> Option<FederatedEvent> {
+    if change.change_type != crate::store::ChangeType::AddContent || change.cot_xml.is_empty() {
+        return None;
+    }
+    let ev = crate::cot::xml::decode(change.cot_xml.as_bytes()).ok()?;
+    let m = Message::new(ev, 0);
+    let mut out = None;
+    federated_for(&m, s, &mut HashSet::new(), |fe| {
+        if fe.event.is_some() {
+            out = Some(fe);
+        }
+    });
+    let mut fe = out?;
+    if let Some(g) = fe.event.as_mut() {
+        if !g.mission_names.contains(&change.mission) {
+            g.mission_names.push(change.mission.clone());
+        }
+    }
+    Some(fe)
+}
+
+/// The outbound ROL stream of one session: each queued change as TAK's ROL, stamped with
+/// our provenance and the federation groups it may reach (a change for groups this
+/// federate may not receive is skipped), its item's CoT injected on the event stream
+/// first. A change counts as written when the stream takes it.
+pub(super) fn rol_stream(rx: mpsc::Receiver<OutRol>, sh: Arc<Shared>, inject: Arc<Inject>, stop: CancellationToken, expired: Option<Arc<AtomicBool>>) -> impl Stream<Item = Result<Rol, Status>> + Send + 'static {
+    futures_util::stream::unfold((false, rx, sh, inject, stop, expired), |(done, mut rx, sh, inject, stop, expired)| async move {
         if done {
             return None;
         }
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                if expired.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) {
-                    return Some((Err(Status::deadline_exceeded("no health check in time")), (true, rx, sh, stop, expired)));
+        loop {
+            let r = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    if expired.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) {
+                        return Some((Err(Status::deadline_exceeded("no health check in time")), (true, rx, sh, inject, stop, expired)));
+                    }
+                    return None;
                 }
-                None
+                r = rx.recv() => r?,
+            };
+            let OutRol { change, written } = r;
+            if let Some(w) = written {
+                w();
             }
-            r = rx.recv() => {
-                let OutRol { rol, written } = r?;
-                // The stream takes it now: the queue item counts as delivered.
-                if let Some(w) = written {
-                    w();
-                }
-                LinkCounters::inc(&sh.s.counters.events_out);
-                Some((Ok(sh.stamp_rol(rol)), (false, rx, sh, stop, expired)))
+            let own: Vec<&str> = if change.groups.is_empty() { vec!["__ANON__"] } else { change.groups.iter().map(String::as_str).collect() };
+            let Some(groups) = outbound_groups_for(&own, &sh.s) else {
+                LinkCounters::inc(&sh.s.counters.filtered);
+                continue;
+            };
+            let Some(mut rol) = to_rol(&change, &groups) else { continue };
+            if let Some(fe) = item_event(&change, &sh.s) {
+                inject.push(fe);
             }
+            rol.federate_groups = groups;
+            LinkCounters::inc(&sh.s.counters.events_out);
+            LinkCounters::add(&sh.s.counters.bytes_out, rol.encoded_len() as u64);
+            return Some((Ok(sh.stamp_rol(rol)), (false, rx, sh, inject, stop, expired)));
         }
     })
 }
-
-mod client;
-mod server;
-
-pub use client::{h2_client, run_client, subscription, Client, H2};
-pub use server::serve_connection;

@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::router::PeerIdentity;
+use super::peer::PeerIdentity;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -44,7 +44,7 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 
 /// Our chain: the certificate file, plus the issuing CA from `ca` when the file lacks it,
 /// so peers that only know the root can build the path.
-fn chain(cert: &Path, ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn chain(cert: &Path, ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let mut chain = load_certs(cert)?;
     if let Some(ca) = ca {
         let last_issuer = x509_parser::parse_x509_certificate(chain.last().map(|c| c.as_ref()).unwrap_or_default()).ok().map(|(_, c)| c.issuer().as_raw().to_vec());
@@ -139,15 +139,50 @@ pub fn explain_accept_error(e: &std::io::Error) -> String {
 /// `AA:BB:…`: SHA-256 of the DER certificate, as TAK shows fingerprints.
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    let hex = hex::encode_upper(d.as_ref());
+    hex.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap_or("")).collect::<Vec<_>>().join(":")
 }
 
 /// The identity of the end-entity certificate a peer presented.
 pub fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
-    let der = certs?.first()?;
+    let chain = certs?;
+    let der = chain.first()?;
     let parsed = x509_parser::parse_x509_certificate(der).ok();
     let cn_of = |n: &x509_parser::x509::X509Name<'_>| n.iter_common_name().next().and_then(|cn| cn.as_str().ok().map(str::to_owned)).unwrap_or_default();
     let cn = parsed.as_ref().map(|(_, c)| cn_of(c.subject())).unwrap_or_default();
     let issuer_cn = parsed.as_ref().map(|(_, c)| cn_of(c.issuer())).unwrap_or_default();
-    Some(PeerIdentity { cn, fingerprint: fingerprint(der), issuer_cn })
+    Some(PeerIdentity { cn, fingerprint: fingerprint(der), issuer_cn, chain_len: chain.len() })
+}
+
+/// The server configuration of a TLS or federation listener: our chain, and client
+/// certificates verified against `ca` (required when `require_client_cert`, the default
+/// with a `ca`, or always for federation), revoked ones refused by the link's CRLs.
+pub fn server_for(f: &crate::config::link::TlsFiles, l: &crate::config::link::TlsListen, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+    server_for_required(f, l.require_client_cert.unwrap_or(f.ca.is_some()), alpn)
+}
+
+/// [`server_for`] with client certificates required or not.
+pub fn server_for_required(f: &crate::config::link::TlsFiles, require_client_cert: bool, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+    let (Some(cert), Some(key)) = (&f.cert, &f.key) else { return Err(TlsError("a tls listener needs cert and key".into())) };
+    let mut c = server_config_with_crls(cert, key, f.ca.as_deref(), require_client_cert, &f.crl)?;
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+/// The client configuration of an outgoing TLS or federation link.
+pub fn client_for(f: &crate::config::link::TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let ca = f.ca.as_deref().ok_or_else(|| TlsError("a tls connection needs ca (the CA that signed the server certificate)".into()))?;
+    let mut c = client_config_with_crls(ca, f.cert.as_deref().zip(f.key.as_deref()), &f.crl)?;
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+/// How long a TLS handshake may take (default 10 s).
+pub fn handshake_timeout(f: &crate::config::link::TlsFiles) -> std::time::Duration {
+    crate::config::link::secs_or(f.handshake_timeout_secs, 10.0)
+}
+
+/// The name to verify in the server certificate: `server_name`, else the host of `address`.
+pub fn server_name(address: &str, c: &crate::config::link::TlsConnect) -> String {
+    c.server_name.clone().unwrap_or_else(|| address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default())
 }

@@ -4,11 +4,9 @@
 use bytes::{Buf, BytesMut};
 use prost::Message as _;
 
-use super::fig::FederatedEvent;
+use crate::federation::fig::FederatedEvent;
 
-/// Default largest frame accepted (TAK Server allows up to 256 MiB; CoT frames are small,
-/// but v1 also carries large mission-package announcements).
-pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+pub use crate::federation::shared::DEFAULT_MAX_FRAME;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FrameError {
@@ -37,9 +35,18 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max: usize) -> Decoder {
-        Decoder { buf: BytesMut::with_capacity(8192), max }
+        Decoder { buf: BytesMut::new(), max }
     }
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The buffer to read into, with room for the next read: it grows with the bytes that
+    /// arrived (amortised), never with the length a frame header only claims.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve((16 * 1024).max(self.buf.len()));
+        }
         &mut self.buf
     }
     pub fn push(&mut self, b: &[u8]) {
@@ -54,7 +61,6 @@ impl Decoder {
             return Some(Err(FrameError::TooLarge { len, max: self.max }));
         }
         if self.buf.len() < 4 + len {
-            self.buf.reserve(4 + len - self.buf.len());
             return None;
         }
         self.buf.advance(4);
@@ -66,7 +72,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::federation::fig::{ContactListEntry, GeoEvent, Crud};
+    use crate::federation::fig::{ContactListEntry, Crud, GeoEvent};
 
     #[test]
     fn frames_survive_any_split() {

@@ -1,33 +1,28 @@
-//! A federation v1 link (TAK Server's port 9000 protocol), listening or connecting, over
-//! mutual TLS: length-prefixed `FederatedEvent`s both ways.
-//!
-//! On connect each side sends the latest position report of every local contact and a
-//! contact CREATE for each; then live CoT, a contact CREATE the first time a local contact
-//! is seen on this connection, and a contact DELETE for `t-x-d-d`. Mission traffic
-//! (`t-x-m-*`) is not sent over v1 (TAK Server federates missions only over v2). Received
-//! contacts are registered so direct messages reach the federate; events carrying our own
-//! provenance, or over their hop limit, are dropped; what a federate sends is not relayed
-//! to other federates unless their policy says `relay_federates`. v1 has no heartbeat:
-//! TCP keepalive and an idle timeout detect dead links.
+//! What federation v1 and v2 share: the settings of a federation link, who may connect
+//! (a verified certificate, on the allow-list when there is one), how a routed event
+//! becomes `FederatedEvent`s for one federate (groups, provenance, hops, contact
+//! announcements), and how a received `FederatedEvent` enters the router (loop and hop
+//! checks, contacts, the event with its provenance).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
 use super::convert::{from_geo, to_geo};
 use super::fig::{ContactListEntry, Crud, FederateHops, FederateProvenance, FederatedEvent};
-use super::v1::{self, Decoder};
-use crate::config::Overflow;
+use crate::config::{FedLink, FedVersion, LinkConfig};
 use crate::cot::{fragment, CotEvent, CotTime};
+use crate::link::ingest::{ingest, Origin};
+use crate::link::rate::ReadRateLimits;
+use crate::link::{log_bad_input, LinkCounters, LinkCtx, PeerIdentity};
 use crate::router::pattern::PatternList;
-use crate::router::{FedMeta, LinkCounters, Message, PeerIdentity, PeerInfo, PeerPolicy, RouterHandle};
-use crate::transport::stream::{ingest_from, log_bad_input};
-use crate::transport::tcp::Io;
+use crate::router::{FedMeta, Message, PeerPolicy, RouterHandle};
+
+/// Default largest v1 frame accepted (TAK Server allows up to 256 MiB; CoT frames are
+/// small, but v1 also carries large mission-package announcements).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// Largest v2 gRPC message accepted or sent (TAK Server allows 256 MiB; ROL carries files).
+pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
 
 #[derive(Debug)]
 pub struct FedSettings {
@@ -59,7 +54,7 @@ pub struct FedSettings {
     /// Our certificate (DER), for `Getx509Identity`.
     pub own_cert: Vec<u8>,
     /// v1: read rate limits of one connection.
-    pub read_rate: crate::transport::stream::ReadRateLimits,
+    pub read_rate: ReadRateLimits,
     /// v1: a write that takes longer closes the connection.
     pub write_timeout: Duration,
 }
@@ -76,8 +71,8 @@ impl FedSettings {
             policy: Arc::new(policy),
             counters: Arc::default(),
             queue_depth: 16_384,
-            idle_timeout: Some(Duration::from_secs(900)),
-            max_frame: v1::DEFAULT_MAX_FRAME,
+            idle_timeout: None,
+            max_frame: DEFAULT_MAX_FRAME,
             allow: vec![],
             max_hops: -1,
             outbound_groups: PatternList::default(),
@@ -88,8 +83,40 @@ impl FedSettings {
             health_timeout: Duration::from_secs(15),
             own_cert: vec![],
             read_rate: Default::default(),
-            write_timeout: crate::transport::stream::DEFAULT_WRITE_TIMEOUT,
+            write_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The settings of a configured federation link.
+    pub fn from_config(l: &LinkConfig, f: &FedLink, ctx: &LinkCtx) -> Result<FedSettings, String> {
+        let connect = f.role.is_connect();
+        let mut s = FedSettings::new(&l.name, &ctx.router.node_id, PeerPolicy::new(&l.policy, false)?);
+        s.display_name = f.fed.display_name.clone().unwrap_or_else(|| ctx.router.node_id.to_string());
+        s.queue_depth = l.queue_depth.unwrap_or(ctx.queue_depth);
+        s.allow = f.fed.allow_fingerprints.clone();
+        s.max_hops = f.fed.max_hops.unwrap_or(-1);
+        s.outbound_groups = PatternList::new(&f.fed.outbound_groups)?;
+        s.outbound_group_names = f.fed.outbound_groups.clone();
+        s.inbound_groups = f.fed.inbound_groups.clone();
+        let max = f.events.max_event_bytes.map(|c| c.0);
+        match &f.version {
+            FedVersion::V1 { opts, conn } => {
+                s.idle_timeout = opts.idle_timeout_secs.map(|t| t.duration());
+                s.max_frame = max.unwrap_or(DEFAULT_MAX_FRAME);
+                s.read_rate = ReadRateLimits::of(conn);
+                s.write_timeout = crate::link::rate::write_timeout(conn);
+            }
+            FedVersion::V2(v) => {
+                s.idle_timeout = None;
+                s.max_frame = max.unwrap_or(DEFAULT_MAX_MESSAGE);
+                s.group_mapping = v.group_mapping.iter().filter_map(|m| m.split_once(':')).map(|(a, b)| (a.to_owned(), b.to_owned())).collect();
+                s.health_interval = crate::config::link::secs_or(v.health_interval_secs, 3.0);
+                s.health_timeout = crate::config::link::secs_or(v.health_timeout_secs, if connect { 10.0 } else { 15.0 });
+            }
+        }
+        let (_, cert, _) = f.files();
+        s.own_cert = crate::link::tls::load_certs(cert).map_err(|e| e.0)?.first().map(|c| c.to_vec()).unwrap_or_default();
+        Ok(s)
     }
 }
 
@@ -101,7 +128,7 @@ pub(crate) fn admit(identity: Option<PeerIdentity>, s: &FedSettings, remote: &st
         return None;
     };
     if !s.allow.is_empty() && !s.allow.iter().any(|f| f.eq_ignore_ascii_case(&identity.fingerprint)) {
-        let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = LinkCounters::inc(&s.counters.decode_errors);
         log_bad_input(n, &s.link, remote, &format!("federate refused: {} ({}) is not on the allow-list", identity.federate_name(), identity.fingerprint));
         return None;
     }
@@ -116,19 +143,13 @@ pub(crate) fn federated_for(m: &Message, s: &FedSettings, announced: &mut HashSe
     if ev.cot_type.starts_with("t-x-m") {
         return false;
     }
-    let groups: Vec<String> = if s.outbound_group_names.is_empty() {
-        vec![]
-    } else {
-        let own: Vec<&str> = match &m.fed {
-            Some(f) if !f.groups.is_empty() => f.groups.iter().map(String::as_str).collect(),
-            _ => vec![m.facts.group.as_deref().unwrap_or("__ANON__")],
-        };
-        let g: Vec<String> = own.into_iter().filter(|g| s.outbound_groups.any(g)).map(str::to_owned).collect();
-        if g.is_empty() {
-            LinkCounters::inc(&s.counters.filtered);
-            return false;
-        }
-        g
+    let own: Vec<&str> = match &m.fed {
+        Some(f) if !f.groups.is_empty() => f.groups.iter().map(String::as_str).collect(),
+        _ => vec![m.facts.group.as_deref().unwrap_or("__ANON__")],
+    };
+    let Some(groups) = outbound_groups_for(&own, s) else {
+        LinkCounters::inc(&s.counters.filtered);
+        return false;
     };
     let mut provenance: Vec<FederateProvenance> = m.fed.iter().flat_map(|f| f.provenance.iter()).filter(|p| **p != s.node_id).map(|p| FederateProvenance { federation_server_id: p.clone(), federation_server_name: String::new() }).collect();
     provenance.push(FederateProvenance { federation_server_id: s.node_id.clone(), federation_server_name: s.display_name.clone() });
@@ -143,7 +164,9 @@ pub(crate) fn federated_for(m: &Message, s: &FedSettings, announced: &mut HashSe
         out(FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, callsign: typ, ..Default::default() }), federate_groups: groups, ..Default::default() });
         return true;
     }
-    if ev.cot_type.starts_with("a-") {
+    // Only connected clients are contacts (TAK: a subscription's own uid and callsign),
+    // never the markers and tracks they send.
+    if m.facts.client_sa {
         if let Some(cs) = &m.facts.callsign {
             if announced.insert(ev.uid.clone()) {
                 out(FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Create as i32, uid: ev.uid.clone(), callsign: cs.clone(), ..Default::default() }), federate_groups: groups.clone(), ..Default::default() });
@@ -158,6 +181,17 @@ pub(crate) fn federated_for(m: &Message, s: &FedSettings, announced: &mut HashSe
         ..Default::default()
     });
     true
+}
+
+/// The federation groups something in groups `own` goes to this federate with: empty when
+/// the link has no outbound groups (everything goes, without `federateGroups`), None when
+/// none of them may go.
+pub(crate) fn outbound_groups_for(own: &[&str], s: &FedSettings) -> Option<Vec<String>> {
+    if s.outbound_group_names.is_empty() {
+        return Some(vec![]);
+    }
+    let g: Vec<String> = own.iter().filter(|g| s.outbound_groups.any(g)).map(|g| (*g).to_owned()).collect();
+    (!g.is_empty()).then_some(g)
 }
 
 /// The stricter of two hop limits (-1: unlimited).
@@ -185,119 +219,56 @@ pub(crate) fn inbound_groups(remote: &[String], s: &FedSettings) -> Vec<String> 
     g
 }
 
-/// The frames for one routed event (v1).
-fn frames_for(m: &Message, s: &FedSettings, announced: &mut HashSet<String>, out: &mut Vec<u8>) -> bool {
-    federated_for(m, s, announced, |fe| v1::encode(&fe, out))
-}
+/// The contacts one federate session announced: the router learns them, and when the
+/// session ends each gets a delete (`t-x-d-d`) toward local clients, as TAK Server does.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteContacts(std::sync::Mutex<std::collections::HashMap<String, String>>);
 
-/// Runs one federation v1 connection until it closes or `cancel` fires.
-pub async fn run_session(io: Box<dyn Io>, remote: String, identity: Option<PeerIdentity>, s: Arc<FedSettings>, router: RouterHandle, cancel: CancellationToken) {
-    let Some(identity) = admit(identity, &s, &remote) else { return };
-    let id = router.next_id();
-    let (tx, rx) = mpsc::channel(s.queue_depth);
-    let session = cancel.child_token();
-    // The snapshot is taken before attaching, so nothing in it is also queued live.
-    let snapshot: Vec<Arc<Message>> = router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
-    router
-        .attach(PeerInfo { codec: Arc::new(std::sync::atomic::AtomicU8::new(crate::router::codec::FIG_V1)), id, link: s.link.clone(), transport: "federation-v1", remote: remote.clone(), identity: Some(identity.clone()), policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.clone() })
-        .await;
-    tracing::info!(link = %s.link, %remote, federate = %identity.federate_name(), fingerprint = %identity.fingerprint, "federate connected");
-    let (mut rd, wr) = tokio::io::split(io);
-    let writer = tokio::spawn(write_loop(wr, rx, snapshot, s.clone(), remote.clone(), session.clone()));
-    let mut dec = Decoder::new(s.max_frame);
-    let mut rate = crate::transport::stream::ReadRate::new(s.read_rate);
-    let mut last_rx = Instant::now();
-    let reason = loop {
-        dec.buffer_mut().reserve(16 * 1024);
-        let idle = s.idle_timeout.map(|d| last_rx + d);
-        let r = tokio::select! {
-            _ = session.cancelled() => break "closed",
-            _ = async { match idle { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
-                LinkCounters::inc(&s.counters.idle_timeouts);
-                break "idle timeout";
-            }
-            r = rd.read_buf(dec.buffer_mut()) => r,
-        };
-        match r {
-            Ok(0) => break "end of stream",
-            Err(_) => break "read error",
-            Ok(n) => {
-                s.counters.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                rate.bytes(n, &s.counters, &s.link, &remote, &session).await;
-                last_rx = Instant::now();
-            }
-        }
-        let mut fatal = false;
-        while let Some(f) = dec.next_frame() {
-            match f {
-                Ok(fe) => {
-                    rate.event(&s.counters, &s.link, &remote, &session).await;
-                    receive(fe, id, &s, &router).await
-                }
-                Err(e) => {
-                    let n = s.counters.frame_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    log_bad_input(n, &s.link, &remote, &e);
-                    fatal = true;
-                    break;
-                }
-            }
-        }
-        if fatal {
-            break "bad frame";
-        }
-    };
-    session.cancel();
-    router.detach(id).await;
-    let _ = writer.await;
-    tracing::info!(link = %s.link, %remote, reason, "federate disconnected");
-}
-
-async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Receiver<Arc<Message>>, snapshot: Vec<Arc<Message>>, s: Arc<FedSettings>, remote: String, session: CancellationToken) {
-    let mut announced = HashSet::new();
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut n = 0u64;
-    for m in &snapshot {
-        n += frames_for(m, &s, &mut announced, &mut buf) as u64;
+impl RemoteContacts {
+    fn add(&self, uid: &str) {
+        crate::sync::lock(&self.0).entry(uid.to_owned()).or_insert_with(|| "a-f-G-U-C".into());
     }
-    loop {
-        if !buf.is_empty() {
-            let r = tokio::select! {
-                r = tokio::time::timeout(s.write_timeout, async { wr.write_all(&buf).await?; wr.flush().await }) => r,
-                _ = session.cancelled() => break,
-            };
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    LinkCounters::inc(&s.counters.slow_consumers);
-                    tracing::warn!(link = %s.link, %remote, secs = s.write_timeout.as_secs_f64(), "slow federate: a write did not complete within the write timeout; disconnecting");
-                    break;
-                }
-            }
-            s.counters.bytes_out.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            s.counters.events_out.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            buf.clear();
-            n = 0;
-        }
-        let m = tokio::select! {
-            _ = session.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        n += frames_for(&m, &s, &mut announced, &mut buf) as u64;
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(m) => n += frames_for(&m, &s, &mut announced, &mut buf) as u64,
-                Err(_) => break,
-            }
+    /// The latest type a contact's SA had (the delete names it, as TAK's link@type).
+    fn saw(&self, uid: &str, cot_type: &str) {
+        if let Some(t) = crate::sync::lock(&self.0).get_mut(uid) {
+            cot_type.clone_into(t);
         }
     }
-    session.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(3), wr.shutdown()).await;
+    fn remove(&self, uid: &str) -> bool {
+        crate::sync::lock(&self.0).remove(uid).is_some()
+    }
+
+    /// The session `id` ended: every contact it announced is gone.
+    pub(crate) async fn gone(&self, id: u64, s: &FedSettings, router: &RouterHandle) {
+        let left: Vec<(String, String)> = crate::sync::lock(&self.0).drain().collect();
+        if !left.is_empty() {
+            tracing::info!(link = %s.link, contacts = left.len(), "federate gone: its contacts are removed from local clients");
+        }
+        let meta = FedMeta { provenance: vec![], hops: 0, max_hops: -1, groups: s.inbound_groups.clone() };
+        for (uid, t) in left {
+            router.forget_contact(uid.clone(), id).await;
+            ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, delete_message(&uid, &t), Some(meta.clone())).await;
+        }
+    }
+}
+
+/// A `t-x-d-d` for a contact that left, as TAK Server's template writes it.
+pub(crate) fn delete_message(uid: &str, cot_type: &str) -> CotEvent {
+    let now = CotTime::now();
+    let mut ev = CotEvent::new(crate::cot::random_uid(), "t-x-d-d", "h-g-i-g-o", now, 20);
+    ev.point = crate::cot::Point { lat: 0.0, lon: 0.0, hae: 0.0, ce: crate::cot::UNKNOWN, le: crate::cot::UNKNOWN };
+    let mut d = Vec::from(&b"<link relation=\"p-p\" uid=\""[..]);
+    fragment::escape_attr(uid, &mut d);
+    d.extend_from_slice(b"\" type=\"");
+    fragment::escape_attr(cot_type, &mut d);
+    d.extend_from_slice(b"\"/>");
+    ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
+    ev
 }
 
 /// Handles one `FederatedEvent` from federate session `id`: loop and hop checks, contacts,
 /// and the event itself, routed with its provenance.
-pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHandle) {
+pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHandle, contacts: &RemoteContacts) {
     if fe.federate_provenance.iter().any(|p| p.federation_server_id == s.node_id) {
         LinkCounters::inc(&s.counters.loops);
         return;
@@ -308,40 +279,37 @@ pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router
         return;
     }
     let meta = || FedMeta { provenance: fe.federate_provenance.iter().map(|p| p.federation_server_id.clone()).collect(), hops, max_hops, groups: inbound_groups(&fe.federate_groups, s) };
+    let origin = Origin { id, policy: &s.policy, counters: &s.counters };
     if let Some(c) = &fe.contact {
         match Crud::try_from(c.operation) {
-            Ok(Crud::Create | Crud::Update) => router.learn_contact(c.uid.clone(), c.callsign.clone(), id).await,
+            Ok(Crud::Create | Crud::Update) => {
+                contacts.add(&c.uid);
+                router.learn_contact(c.uid.clone(), c.callsign.clone(), id).await;
+            }
             Ok(Crud::Delete) => {
+                contacts.remove(&c.uid);
                 router.forget_contact(c.uid.clone(), id).await;
-                // A departed remote client: tell local clients to remove it.
-                let mut ev = CotEvent::new(format!("{}-delete", c.uid), "t-x-d-d", "h-g-i-g-o", CotTime::now(), 20);
-                let mut d = Vec::new();
-                d.extend_from_slice(b"<link uid=\"");
-                fragment::escape_attr(&c.uid, &mut d);
-                d.extend_from_slice(b"\" relation=\"p-p\" type=\"");
-                fragment::escape_attr(&c.callsign, &mut d);
-                d.extend_from_slice(b"\"/><__forcedelete/>");
-                ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
-                ingest_from(router, &s.policy, &s.counters, id, ev, true, Some(meta())).await;
+                // A departed remote client: tell local clients to remove it (TAK puts the
+                // client's CoT type where the callsign would be).
+                ingest(router, origin, delete_message(&c.uid, &c.callsign), Some(meta())).await;
             }
             _ => {}
         }
     }
-    if let Some(g) = fe.event.clone() {
-        if g.r#type.starts_with("t-x-m") {
-            // Mission-change notices travel as ROL on v2 (TAK Server discards them here too).
-            LinkCounters::inc(&s.counters.filtered);
-            return;
-        }
-        match from_geo(g) {
-            Ok(ev) => {
-                ingest_from(router, &s.policy, &s.counters, id, ev, true, Some(meta())).await;
+    let Some(g) = fe.event.clone() else { return };
+    if g.r#type.starts_with("t-x-m") {
+        // Mission-change notices travel as ROL on v2 (TAK Server discards them here too).
+        LinkCounters::inc(&s.counters.filtered);
+        return;
+    }
+    match from_geo(g) {
+        Ok(ev) => {
+            if ev.cot_type.starts_with("a-") {
+                contacts.saw(&ev.uid, &ev.cot_type);
             }
-            Err(e) => {
-                let n = s.counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log_bad_input(n, &s.link, "federate", &e);
-            }
+            ingest(router, origin, ev, Some(meta())).await;
         }
+        Err(e) => log_bad_input(LinkCounters::inc(&s.counters.decode_errors), &s.link, "federate", &e),
     }
 }
 
@@ -353,8 +321,8 @@ mod tests {
     fn msg(fed: Option<FedMeta>, group: Option<&str>) -> Message {
         let mut ev = CotEvent::new("ANDROID-1", "a-f-G-U-C", "m-g", CotTime(1_700_000_000_000), 60);
         ev.detail.xml = match group {
-            Some(g) => format!(r#"<contact callsign="ONE"/><__group name="{g}" role="x"/>"#),
-            None => r#"<contact callsign="ONE"/>"#.into(),
+            Some(g) => format!(r#"<contact endpoint="*:-1:stcp" callsign="ONE"/><__group name="{g}" role="x"/>"#),
+            None => r#"<contact endpoint="*:-1:stcp" callsign="ONE"/>"#.into(),
         };
         let mut m = Message::new(ev, 1);
         m.from_federate = fed.is_some();
@@ -374,6 +342,10 @@ mod tests {
         s.max_hops = 5;
         let local = out(&msg(None, None), &s);
         assert_eq!(local.len(), 2, "contact CREATE, then the event");
+        // a marker (a callsign, no endpoint) is not a contact
+        let mut marker = CotEvent::new("M-1", "a-h-G", "h-e", CotTime(1_700_000_000_000), 60);
+        marker.detail.xml = r#"<contact callsign="Bad Guy"/>"#.into();
+        assert_eq!(out(&Message::new(marker, 1), &s).len(), 1);
         let ev = &local[1];
         assert_eq!(ev.federate_provenance.iter().map(|p| p.federation_server_id.as_str()).collect::<Vec<_>>(), ["me"]);
         assert_eq!(ev.federate_hops, Some(FederateHops { max_hops: 5, current_hops: 1 }));

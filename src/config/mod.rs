@@ -1,0 +1,267 @@
+//! The configuration tree (TOML). Unknown keys and bad values are rejected at start with
+//! the key path and a clear message. An embedded default runs out of the box.
+//!
+//! * [`link`]: one `[[link]]`, typed per transport ([`LinkKind`]);
+//! * [`policy`]: `[link.policy]`, the per-peer routing policy.
+
+pub mod link;
+pub mod policy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use link::{AmqpKind, AmqpLink, AmqpMode, FedLink, FedVersion, LinkConfig, LinkKind, Mode, MulticastLink, Overflow, Role, SendFormat, StreamLink, Transport, UdpLink, UdpMode};
+pub use policy::{Direction, PolicyConfig, RateLimitConfig};
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub router: RouterConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub missions: MissionsConfig,
+    /// The admin API and dashboard; absent: not served.
+    pub admin: Option<AdminConfig>,
+    pub links: Vec<LinkConfig>,
+}
+
+/// The file as TOML gives it: links are parsed one by one afterwards, so that their
+/// errors name the link.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub missions: MissionsConfig,
+    /// The admin API and dashboard; absent: not served.
+    pub admin: Option<AdminConfig>,
+    #[serde(default, rename = "link")]
+    pub links: Vec<toml::Table>,
+}
+
+/// The HTTP admin API (and dashboard).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address (default 127.0.0.1:8090). Anything but loopback needs `allow_remote`.
+    pub address: String,
+    pub allow_remote: bool,
+    /// The bearer token every endpoint but /api/health requires. The environment variable
+    /// TAKGATE_ADMIN_TOKEN overrides it. Without either, only /api/health answers.
+    pub token: Option<String>,
+    /// Serve HTTPS with this certificate and key.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// With HTTPS: also require a client certificate that chains to this CA (mutual TLS, on
+    /// top of the token).
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None, cert: None, key: None, ca: None }
+    }
+}
+
+/// Where missions, federation servers and the outbound queue are kept.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite file (created if missing). Absent: kept in memory, lost at exit.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MissionsConfig {
+    /// A federate seen for the first time gets the local mission changes of this many hours
+    /// (TAK Server: 12).
+    pub replay_hours: f64,
+    /// Apply DELETE_MISSION and REMOVE_CONTENT received from federates (TAK Server's
+    /// allowFederatedDelete, default false).
+    pub allow_federated_delete: bool,
+}
+
+impl Default for MissionsConfig {
+    fn default() -> Self {
+        MissionsConfig { replay_hours: 12.0, allow_federated_delete: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default = "default_node_id")]
+    pub id: String,
+}
+
+fn default_node_id() -> String {
+    "takgate".into()
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: default_node_id() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub dedup_window_secs: f64,
+    pub queue_depth: usize,
+    /// How long shutdown waits for queues to drain.
+    pub drain_timeout_secs: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig { dedup_window_secs: 5.0, queue_depth: 4096, drain_timeout_secs: 3.0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), json: false }
+    }
+}
+
+/// An address for logs and the API: a URL's password (`amqp://user:pass@host`) becomes `***`.
+pub fn redact_address(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else { return address.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return address.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => address.to_owned(),
+    }
+}
+
+/// A configuration error: where and what.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        let links = raw.links.into_iter().enumerate().map(|(i, t)| LinkConfig::from_table(i, t)).collect::<Result<Vec<_>, _>>()?;
+        let cfg = Config { node: raw.node, router: raw.router, log: raw.log, store: raw.store, missions: raw.missions, admin: raw.admin, links };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn default_config() -> Config {
+        Config::parse(DEFAULT_TOML).expect("the embedded default configuration is valid")
+    }
+
+    /// What the file has that does nothing (keys of earlier versions on links they do not
+    /// apply to): logged at start and printed by `config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.links.iter().flat_map(|l| l.ignored.iter().cloned()).collect()
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id.is_empty() || !self.node.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ConfigError(format!("node.id: {:?} must be non-empty letters, digits, '-', '_' or '.' (it becomes an XML attribute name)", self.node.id)));
+        }
+        if self.router.queue_depth == 0 {
+            return Err(ConfigError("router.queue_depth: must be at least 1".into()));
+        }
+        if !(self.missions.replay_hours.is_finite() && self.missions.replay_hours >= 0.0) {
+            return Err(ConfigError("missions.replay_hours: must be 0 or more".into()));
+        }
+        if let Some(a) = &self.admin {
+            let sa: SocketAddr = a.address.parse().map_err(|_| ConfigError(format!("admin.address: {:?} is not an IP:port", a.address)))?;
+            if !sa.ip().is_loopback() && !a.allow_remote {
+                return Err(ConfigError(format!("admin.address: {sa} is not on loopback: set admin.allow_remote = true to serve the admin API there (and use a strong token)")));
+            }
+            if a.cert.is_some() != a.key.is_some() {
+                return Err(ConfigError("admin: cert and key go together".into()));
+            }
+            if a.ca.is_some() && a.cert.is_none() {
+                return Err(ConfigError("admin.ca (mutual TLS) needs cert and key (HTTPS)".into()));
+            }
+            if a.token.as_deref().is_some_and(|t| t.len() < 16) {
+                return Err(ConfigError("admin.token: use at least 16 characters".into()));
+            }
+        }
+        if self.store.path.as_deref() == Some("") {
+            return Err(ConfigError("store.path: empty (leave it out to keep the store in memory)".into()));
+        }
+        if !(self.router.dedup_window_secs >= 0.0) {
+            return Err(ConfigError("router.dedup_window_secs: must be >= 0".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.links.iter().enumerate() {
+            if !names.insert(l.name.as_str()) {
+                return Err(ConfigError(format!("link[{i}] ({:?}): name: used by another link", l.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_addresses_are_redacted() {
+        assert_eq!(redact_address("amqp://guest:s3cret@10.0.0.1:5672/%2f"), "amqp://guest:***@10.0.0.1:5672/%2f");
+        assert_eq!(redact_address("amqp://a:b:c@d@h:1"), "amqp://a:***@h:1");
+        assert_eq!(redact_address("amqp://h:5672"), "amqp://h:5672");
+        assert_eq!(redact_address("127.0.0.1:8087"), "127.0.0.1:8087");
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::default_config();
+        assert_eq!(c.links[0].address(), "0.0.0.0:8087");
+        assert_eq!(c.links[1].address(), "239.2.3.1:6969");
+        assert_eq!(c.links[2].address(), "224.10.10.1:17012");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::parse("[router]\nqueue_depht = 3\n").unwrap_err().0;
+        assert!(e.contains("queue_depht"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\n[link.policy]\nsync_cot='yes'\n").unwrap_err().0;
+        assert!(e.contains("sync_cot"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='udp'\nmode='connect'\naddress='1.2.3.4:5'\n").unwrap_err().0;
+        assert!(e.contains("link[0] (\"a\")") && e.contains("mode"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='multicast'\naddress='10.0.0.1:5'\n").unwrap_err().0;
+        assert!(e.contains("not a multicast group"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\nttl=3\n").unwrap_err().0;
+        assert!(e.contains("ttl"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\n[link.policy]\ntypes_allow=['a-[f']\n").unwrap_err().0;
+        assert!(e.contains("policy.types_allow"), "{e}");
+        let e = Config::parse("[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:1'\n[[link]]\nname='a'\ntransport='tcp'\naddress='0.0.0.0:2'\n").unwrap_err().0;
+        assert!(e.contains("used by another link"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! Mission change announcements: the `t-x-m-c` events clients and OpenTAKServer send when a
+//! mission changes (read into changes), and the ones takgate sends local clients when a
+//! federate's change is applied (written as TAK Server and OTS write them).
+
+use crate::cot::{fragment, CotEvent, CotTime};
+use crate::store::{Change, ChangeType};
+
+/// The changes a `t-x-m-c` announcement carries.
+pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
+    let d = &ev.detail.xml;
+    let mission = fragment::find_attr(d, "mission", "name").unwrap_or_default();
+    let mut out = vec![];
+    let mut rest = d.as_str();
+    while let Some(i) = rest.find("<MissionChange>") {
+        let after = &rest[i + 15..];
+        let end = after.find("</MissionChange>").unwrap_or(after.len());
+        let body = &after[..end];
+        let text = |tag: &str| -> String {
+            let open = format!("<{tag}>");
+            let close = format!("</{tag}>");
+            body.find(&open).and_then(|a| body[a + open.len()..].find(&close).map(|b| fragment::unescape_text(&body[a + open.len()..a + open.len() + b]))).unwrap_or_default()
+        };
+        let name = Some(text("missionName")).filter(|n| !n.is_empty()).unwrap_or_else(|| mission.clone());
+        let ts = CotTime::parse(&text("timestamp")).map(|t| t.0).unwrap_or(ev.time.0);
+        // Types TAK has no ROL for are not recorded (never sent on as "CHANGE").
+        if let (false, Ok(t)) = (name.is_empty(), text("type").parse::<ChangeType>()) {
+            out.push(Change { content_uid: text("contentUid"), content_hash: xml_hash(body), creator_uid: text("creatorUid"), ts_ms: ts, is_federated: text("isFederatedChange") == "true", ..Change::new(&name, t) });
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+fn xml_hash(body: &str) -> String {
+    let Some(a) = body.find("<contentResource>") else { return String::new() };
+    let r = &body[a..];
+    r.find("<hash>").and_then(|h| r[h + 6..].find("</hash>").map(|e| r[h + 6..h + 6 + e].to_string())).unwrap_or_default()
+}
+
+/// The `t-x-m-c` event that announces `c` to local clients (as TAK Server and OTS write it).
+pub fn announcement(c: &Change) -> CotEvent {
+    let now = CotTime::now();
+    let mut ev = CotEvent::new(format!("takgate-mc-{}-{}", c.id, now.0), "t-x-m-c", "h-g-i-g-o", now, 20);
+    ev.point.ce = 9_999_999.0;
+    ev.point.le = 9_999_999.0;
+    let mut d = Vec::new();
+    let esc = |s: &str, d: &mut Vec<u8>| fragment::escape_attr(s, d);
+    d.extend_from_slice(b"<mission type=\"");
+    d.extend_from_slice(match c.change_type {
+        ChangeType::CreateMission => "CREATE",
+        ChangeType::DeleteMission => "DELETE",
+        _ => "CHANGE",
+    }.as_bytes());
+    d.extend_from_slice(b"\" tool=\"public\" name=\"");
+    esc(&c.mission, &mut d);
+    d.extend_from_slice(b"\" authorUid=\"");
+    esc(&c.creator_uid, &mut d);
+    d.extend_from_slice(b"\"><MissionChanges><MissionChange>");
+    for (tag, val) in [("contentUid", c.content_uid.as_str()), ("creatorUid", c.creator_uid.as_str()), ("isFederatedChange", if c.is_federated { "true" } else { "false" }), ("missionName", c.mission.as_str())] {
+        if val.is_empty() {
+            continue;
+        }
+        d.extend_from_slice(format!("<{tag}>").as_bytes());
+        esc(val, &mut d);
+        d.extend_from_slice(format!("</{tag}>").as_bytes());
+    }
+    let mut ts = Vec::new();
+    CotTime(if c.ts_ms > 0 { c.ts_ms } else { now.0 }).write_to(&mut ts);
+    d.extend_from_slice(b"<timestamp>");
+    d.extend_from_slice(&ts);
+    d.extend_from_slice(b"</timestamp><type>");
+    d.extend_from_slice(c.change_type.as_str().as_bytes());
+    d.extend_from_slice(b"</type></MissionChange></MissionChanges></mission>");
+    ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared corpus (TAKGATE_CORPUS, else ../shared/corpus beside the checkout); a
+    /// missing corpus fails the test rather than skipping it.
+    fn corpus_file(name: &str) -> Vec<u8> {
+        let dir = std::env::var("TAKGATE_CORPUS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus").into());
+        let path = std::path::Path::new(&dir).join("xml").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("corpus file {}: {e} (set TAKGATE_CORPUS)", path.display()))
+    }
+
+    #[test]
+    fn a_clients_announcement_is_read() {
+        let ev = crate::cot::xml::decode(&corpus_file("takaware_t-x-m-c_add-content.xml")).unwrap();
+        let c = parse_announcement(&ev);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].mission.as_str(), c[0].change_type, c[0].content_uid.as_str(), c[0].is_federated), ("FT-Test4", ChangeType::AddContent, "A4F2E606-A1AF-4FA3-AB97-211DA9DEF357", false));
+        assert_eq!(c[0].ts_ms, 1_740_714_084_579);
+    }
+
+    #[test]
+    fn announcements_are_written_like_tak_and_read_back() {
+        let c = Change { id: 3, content_uid: "u<1>".into(), creator_uid: "me".into(), ts_ms: 1_700_000_000_000, is_federated: true, ..Change::new("ops", ChangeType::AddContent) };
+        let ev = announcement(&c);
+        assert_eq!(ev.cot_type, "t-x-m-c");
+        let back = parse_announcement(&crate::cot::xml::decode(&crate::cot::xml::encode(&ev)).unwrap());
+        assert_eq!(back, vec![Change { id: 0, ..c }]);
+    }
+
+    #[test]
+    fn change_types_tak_does_not_know_are_not_recorded() {
+        let mut ev = CotEvent::new("x", "t-x-m-c", "h-g-i-g-o", CotTime(0), 20);
+        ev.detail.xml = "<mission type=\"CHANGE\" name=\"m\"><MissionChanges><MissionChange><type>KEYWORD</type><missionName>m</missionName></MissionChange></MissionChanges></mission>".into();
+        assert!(parse_announcement(&ev).is_empty());
+    }
+}

@@ -1,0 +1,216 @@
+//! Mission changes as ROL, the way TAK Server writes and reads them
+//! (../shared/specs/tak-rol-missions.md §3): `create mission` with the whole
+//! MissionMetadata (expiration -1, so a TAK Server's retention does not delete it), `delete
+//! mission`, and `update mission` (MissionUpdateDetails) for ADD_CONTENT and
+//! REMOVE_CONTENT, with the CoT item and its groups as payloads the way TAK's client role
+//! injects them. Only the property names TAK's receiver accepts are written (its JSON
+//! mapping refuses unknown ones); what is read is taken leniently.
+
+use serde_json::{json, Value};
+
+use crate::cot::CotTime;
+use crate::federation::fig::{BinaryBlob, BinaryTypes, Rol};
+use crate::store::{Change, ChangeType, MissionMeta};
+
+/// Description TAK Server gives the CoT payload of an ADD_CONTENT ROL.
+pub const COT_PAYLOAD: &str = "tak.server.cot.CotEventContainer";
+/// Description TAK Server gives the groups payload beside it.
+pub const GROUPS_PAYLOAD: &str = "com.bbn.marti.remote.util.GroupsPayload";
+
+/// TAK's `MissionMetadata` for a mission we create on a federate.
+fn mission_metadata(c: &Change) -> Value {
+    let m = c.mission_meta.clone().unwrap_or_default();
+    json!({
+        "type": "MissionMetadata",
+        "name": c.mission,
+        "creatorUid": c.creator_uid,
+        "description": m.description,
+        "chatRoom": m.chat_room,
+        "tool": if m.tool.is_empty() { "public" } else { m.tool.as_str() },
+        "boundingPolygon": "",
+        "bbox": "",
+        "path": "",
+        "classification": "",
+        "parentMissionId": 0,
+        "defaultRoleId": 2,
+        // TAK stores a missing expiration as 0, and its retention service deletes missions
+        // with 0 <= expiration <= now at its next start: -1 is "never".
+        "expiration": -1,
+        "passwordHash": "",
+        "baseLayer": "",
+        "inviteOnly": false,
+        "guid": m.guid,
+    })
+}
+
+/// TAK's GroupsPayload for `groups` (what the CoT payload of an ADD_CONTENT may be seen by).
+pub fn groups_payload(groups: &[String], now: CotTime) -> Vec<u8> {
+    let stamp = now.to_string();
+    let day = stamp.get(..10).unwrap_or("1970-01-01");
+    let at = format!("{}Z", stamp.get(..19).unwrap_or("1970-01-01T00:00:00"));
+    let list: Vec<Value> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| json!({"name": g, "distinguishedName": "", "direction": "IN", "type": "SYSTEM", "bitpos": i, "active": true, "description": "", "created": day, "neighborCount": 0}))
+        .collect();
+    serde_json::to_vec(&json!({"schema": "groups.v1", "generated_at_utc": at, "groups": list})).unwrap_or_default()
+}
+
+/// The ROL TAK Server emits for a change; None for changes TAK has no ROL for.
+/// `groups`: the federation groups the item is shared with (the GroupsPayload of an
+/// ADD_CONTENT with its CoT).
+pub fn to_rol(c: &Change, groups: &[String]) -> Option<Rol> {
+    let mut payload = vec![];
+    let (op, params) = match c.change_type {
+        ChangeType::CreateMission => ("create mission", mission_metadata(c)),
+        ChangeType::DeleteMission => ("delete mission", json!({"type": "MissionMetadata", "name": c.mission, "creatorUid": c.creator_uid})),
+        ChangeType::AddContent | ChangeType::RemoveContent => {
+            let content = json!({
+                "hashes": if c.content_hash.is_empty() { vec![] } else { vec![c.content_hash.clone()] },
+                "uids": if c.content_uid.is_empty() { vec![] } else { vec![c.content_uid.clone()] },
+            });
+            if !c.cot_xml.is_empty() && c.change_type == ChangeType::AddContent {
+                payload.push(BinaryBlob { r#type: BinaryTypes::Other as i32, data: c.cot_xml.as_bytes().to_vec(), description: COT_PAYLOAD.into(), ..Default::default() });
+                let groups = if groups.is_empty() { vec!["__ANON__".to_string()] } else { groups.to_vec() };
+                payload.push(BinaryBlob { r#type: BinaryTypes::Other as i32, data: groups_payload(&groups, CotTime::now()), description: GROUPS_PAYLOAD.into(), ..Default::default() });
+            }
+            let meta = c.mission_meta.clone().unwrap_or_default();
+            let mut p = json!({
+                "content": content,
+                "creatorUid": c.creator_uid,
+                "changeType": c.change_type.as_str(),
+                "missionName": c.mission,
+                "missionCreatorUid": "",
+                "missionChatRoom": meta.chat_room,
+                "missionTool": if meta.tool.is_empty() { "public" } else { meta.tool.as_str() },
+                "missionDescription": meta.description,
+            });
+            if c.ts_ms > 0 {
+                p["date"] = json!(c.ts_ms);
+            }
+            ("update mission", p)
+        }
+        ChangeType::CreateDataFeed | ChangeType::DeleteDataFeed => return None,
+    };
+    Some(Rol { program: format!("{op}\n{params};"), payload, ..Default::default() })
+}
+
+/// The changes a ROL program describes: one per content item (TAK sends whole lists);
+/// empty for a program takgate does not apply. Dates the sender left out are 0 here (the
+/// receiver stamps its own time).
+pub fn parse_rol(rol: &Rol) -> Result<Vec<Change>, String> {
+    let p = rol.program.trim();
+    let (head, body) = match p.find(['\n', '{']) {
+        Some(i) => (p[..i].trim(), p[i..].trim()),
+        None => return Err(format!("no parameters in {:?}", truncate(p))),
+    };
+    let body = body.strip_suffix(';').unwrap_or(body).trim();
+    let words: Vec<&str> = head.split_whitespace().collect();
+    let [op, resource] = words[..] else { return Err(format!("statement {head:?} is not `<operation> <resource>`")) };
+    if resource != "mission" {
+        return Ok(vec![]);
+    }
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("parameters of {head:?}: {e}"))?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let meta = |name_key: &str| MissionMeta { guid: s("guid"), tool: s(name_key), description: s(if name_key == "tool" { "description" } else { "missionDescription" }), chat_room: s(if name_key == "tool" { "chatRoom" } else { "missionChatRoom" }) };
+    let changes = match op {
+        "create" | "delete" => {
+            let t = if op == "create" { ChangeType::CreateMission } else { ChangeType::DeleteMission };
+            vec![Change { creator_uid: s("creatorUid"), mission_meta: Some(meta("tool")), ..Change::new(&s("name"), t) }]
+        }
+        "update" => {
+            let t = match s("changeType").as_str() {
+                "ADD_CONTENT" => ChangeType::AddContent,
+                "REMOVE_CONTENT" => ChangeType::RemoveContent,
+                _ => return Ok(vec![]),
+            };
+            let list = |k: &str| -> Vec<String> { v.get("content").and_then(|c| c.get(k)).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default() };
+            let cot = rol.payload.iter().find(|b| b.description == COT_PAYLOAD).map(|b| String::from_utf8_lossy(&b.data).into_owned()).unwrap_or_default();
+            let base = Change { creator_uid: s("creatorUid"), ts_ms: date(v.get("date")), mission_meta: Some(meta("missionTool")), ..Change::new(&s("missionName"), t) };
+            let uids = list("uids").into_iter().map(|u| Change { content_uid: u, cot_xml: cot.clone(), ..base.clone() });
+            let hashes = list("hashes").into_iter().map(|h| Change { content_hash: h, ..base.clone() });
+            uids.chain(hashes).collect()
+        }
+        _ => return Ok(vec![]),
+    };
+    if changes.first().is_some_and(|c| c.mission.is_empty()) {
+        return Err(format!("{head:?} names no mission"));
+    }
+    Ok(changes)
+}
+
+/// TAK's date: epoch milliseconds, or a CoT-style time string; 0 when absent or unreadable.
+fn date(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(t)) => CotTime::parse(t).map(|t| t.0).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    &s[..s.char_indices().nth(80).map(|(i, _)| i).unwrap_or(s.len())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(t: ChangeType) -> Change {
+        let content = matches!(t, ChangeType::AddContent | ChangeType::RemoveContent);
+        Change {
+            content_uid: if content { "ANDROID-1".into() } else { String::new() },
+            creator_uid: "me".into(),
+            ts_ms: if content { 1_700_000_000_123 } else { 0 },
+            cot_xml: if t == ChangeType::AddContent { "<event/>".into() } else { String::new() },
+            mission_meta: Some(MissionMeta { guid: if content { String::new() } else { "guid-1".into() }, tool: "public".into(), ..Default::default() }),
+            ..Change::new("ops \"1\"", t)
+        }
+    }
+
+    #[test]
+    fn rol_round_trips_every_emitted_change() {
+        for t in [ChangeType::CreateMission, ChangeType::DeleteMission, ChangeType::AddContent, ChangeType::RemoveContent] {
+            let c = change(t);
+            let rol = to_rol(&c, &[]).unwrap();
+            assert!(rol.program.ends_with(';'), "{}", rol.program);
+            let mut back = parse_rol(&rol).unwrap();
+            assert_eq!(back.len(), 1);
+            let b = back.remove(0);
+            assert_eq!((b.mission, b.change_type, b.content_uid, b.creator_uid, b.ts_ms, b.cot_xml), (c.mission.clone(), c.change_type, c.content_uid.clone(), c.creator_uid.clone(), c.ts_ms, c.cot_xml.clone()), "{}", rol.program);
+        }
+        let add = to_rol(&change(ChangeType::AddContent), &["Cyan".into()]).unwrap();
+        assert!(add.program.starts_with("update mission\n{"));
+        assert_eq!((add.payload[0].description.as_str(), add.payload[1].description.as_str()), (COT_PAYLOAD, GROUPS_PAYLOAD));
+        let groups: Value = serde_json::from_slice(&add.payload[1].data).unwrap();
+        assert_eq!((groups["schema"].as_str(), groups["groups"][0]["name"].as_str(), groups["groups"][0]["direction"].as_str()), (Some("groups.v1"), Some("Cyan"), Some("IN")));
+    }
+
+    #[test]
+    fn created_missions_never_expire_and_carry_their_metadata() {
+        let rol = to_rol(&change(ChangeType::CreateMission), &[]).unwrap();
+        let v: Value = serde_json::from_str(rol.program.strip_prefix("create mission\n").unwrap().strip_suffix(';').unwrap()).unwrap();
+        assert_eq!((v["expiration"].as_i64(), v["guid"].as_str(), v["tool"].as_str(), v["inviteOnly"].as_bool()), (Some(-1), Some("guid-1"), Some("public"), Some(false)));
+    }
+
+    #[test]
+    fn lists_become_one_change_per_item_and_missing_dates_stay_zero() {
+        let rol = Rol { program: r#"update mission
+{"content":{"uids":["a","b"],"hashes":["h1"]},"changeType":"ADD_CONTENT","missionName":"m","creatorUid":"c"};"#.into(), ..Default::default() };
+        let c = parse_rol(&rol).unwrap();
+        assert_eq!(c.iter().map(|c| (c.content_uid.as_str(), c.content_hash.as_str(), c.ts_ms)).collect::<Vec<_>>(), [("a", "", 0), ("b", "", 0), ("", "h1", 0)]);
+    }
+
+    #[test]
+    fn rol_errors_and_other_resources() {
+        let r = |p: &str| parse_rol(&Rol { program: p.into(), ..Default::default() });
+        assert_eq!(r("create data_feed\n{\"type\":\"DataFeedMetadata\"};"), Ok(vec![]));
+        assert_eq!(r("update mission\n{\"changeType\":\"LOG\",\"missionName\":\"m\"};"), Ok(vec![]));
+        assert!(r("update mission").is_err());
+        assert!(r("update mission\n{not json};").unwrap_err().contains("parameters"));
+        assert!(r("update mission\n{\"changeType\":\"ADD_CONTENT\",\"content\":{\"uids\":[\"u\"]}};").unwrap_err().contains("names no mission"));
+        // TAK's date may be a string too
+        let c = r("update mission {\"changeType\":\"ADD_CONTENT\",\"missionName\":\"m\",\"content\":{\"uids\":[\"u\"]},\"date\":\"2025-02-28T03:41:24.579Z\"};").unwrap();
+        assert_eq!((c[0].content_uid.as_str(), c[0].ts_ms), ("u", 1_740_714_084_579));
+    }
+}

@@ -1,0 +1,168 @@
+//! The store: SQLite (rusqlite, WAL) holding federation servers, missions, mission changes
+//! and the durable outbound queue, plus a few facts of the node itself (its generated id).
+//! `schema.sql` (version 1) and the migrations after it are applied at open, idempotently;
+//! the version is kept in `PRAGMA user_version`, and a store written by a newer takgate is
+//! refused rather than guessed at. Every write is its own transaction, so a `kill -9` loses
+//! nothing that was recorded (WAL with synchronous=NORMAL survives a process crash).
+//!
+//! Calls are synchronous and short (indexed lookups and single-row writes); async callers
+//! hold the connection's mutex for well under a millisecond.
+//!
+//! * [`types`]: what is stored, with enums for kinds and states;
+//! * [`servers`], [`missions`], [`queue`]: the queries, one area each.
+
+pub mod missions;
+pub mod queue;
+pub mod servers;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension};
+
+pub use types::{Change, ChangeType, Direction, Mission, MissionMeta, Pending, Protocol, QueueStats, Server, ServerStatus, Source};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_V1: &str = include_str!("../../schema.sql");
+/// Migrations from version N to N+1, in order (index 0: 1 -> 2).
+const MIGRATIONS: &[&str] = &[
+    // 2: mission metadata and federation groups kept with each change, the latest CoT of
+    // each item, the files (hashes) of a mission, facts of the node.
+    "ALTER TABLE mission_changes ADD COLUMN meta TEXT NOT NULL DEFAULT '';
+     ALTER TABLE mission_changes ADD COLUMN groups TEXT NOT NULL DEFAULT '';
+     ALTER TABLE missions ADD COLUMN chat_room TEXT NOT NULL DEFAULT '';
+     ALTER TABLE mission_items ADD COLUMN cot_xml TEXT NOT NULL DEFAULT '';
+     CREATE TABLE IF NOT EXISTS mission_hashes (
+         mission_name TEXT NOT NULL,
+         hash         TEXT NOT NULL,
+         added_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+         PRIMARY KEY (mission_name, hash)
+     );
+     CREATE TABLE IF NOT EXISTS node_facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("store: cannot create {}: {source}", dir.display())]
+    Dir { dir: PathBuf, source: std::io::Error },
+    #[error("{path} has schema version {version}, newer than this takgate ({SCHEMA_VERSION}): use a newer takgate or another file")]
+    Newer { path: String, version: i64 },
+    #[error("store {path}: migrating to schema version {to}: {source}")]
+    Migrate { path: String, to: i64, source: rusqlite::Error },
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    pub path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    crate::cot::CotTime::now().0
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` (`:memory:` for a private in-memory
+    /// store) and brings its schema up to date.
+    pub fn open(path: &str) -> Result<Store, StoreError> {
+        if path != ":memory:" {
+            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { dir: dir.to_owned(), source })?;
+            }
+        }
+        let open = |source| StoreError::Open { path: path.to_owned(), source };
+        let mut conn = Connection::open(path).map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer { path: path.to_owned(), version });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA_V1).map_err(open)?;
+        if version == 0 {
+            conn.pragma_update(None, "user_version", 1)?;
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            let to = i as i64 + 2;
+            if version.max(1) < to {
+                let tx = conn.transaction()?;
+                tx.execute_batch(m).and_then(|_| tx.pragma_update(None, "user_version", to)).map_err(|source| StoreError::Migrate { path: path.to_owned(), to, source })?;
+                tx.commit()?;
+            }
+        }
+        Ok(Store { conn: Mutex::new(conn), path: path.to_owned() })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        crate::sync::lock(&self.conn)
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.db().query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// A fact of this node (its generated id), if recorded.
+    pub fn fact(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.db().query_row("SELECT value FROM node_facts WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Records a fact of this node.
+    pub fn set_fact(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.db().execute("INSERT INTO node_facts (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_applies_twice_reopens_and_refuses_newer() {
+        let dir = std::env::temp_dir().join(format!("takgate-store-{}", fastrand::u64(..)));
+        let path = dir.join("t.db").display().to_string();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        s.record_change(&Change { content_uid: "u".into(), ts_ms: 1, ..Change::new("m", ChangeType::AddContent) }).unwrap();
+        s.set_fact("node_id", "n1").unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.all_changes().unwrap().len(), 1, "kept across reopen");
+        assert_eq!(s.fact("node_id").unwrap().as_deref(), Some("n1"));
+        s.db().pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        let e = Store::open(&path).unwrap_err();
+        assert!(e.to_string().contains("newer than this takgate"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("takgate-store-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v1.db").display().to_string();
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute("INSERT INTO mission_changes (mission_name, change_type, content_uid, ts_ms) VALUES ('m', 'ADD_CONTENT', 'u', 5)", []).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.all_changes().unwrap()[0].content_uid, "u");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
