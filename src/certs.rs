@@ -128,7 +128,7 @@ impl Authority {
     /// `dir/revoked.txt` and a new `dir/crl.pem` is signed (valid `days`), listing every
     /// certificate revoked so far. Returns the CRL's path, for a link's `crl`.
     pub fn revoke(&self, cert: &Path, days: u32) -> Result<PathBuf, String> {
-        let der = crate::link::tls::load_certs(cert).map_err(|e| e.0)?;
+        let der = crate::link::tls::load_certs(cert).map_err(|e| e.to_string())?;
         let (_, x) = x509_parser::parse_x509_certificate(&der[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
         let ca_der = self.issuer_der()?;
         let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref()).map_err(|e| format!("{}: {e}", self.ca.display()))?;
@@ -173,7 +173,7 @@ impl Authority {
     }
 
     fn issuer_der(&self) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
-        crate::link::tls::load_certs(&self.ca).map_err(|e| e.0)?.into_iter().next().ok_or_else(|| format!("{}: empty", self.ca.display()))
+        crate::link::tls::load_certs(&self.ca).map_err(|e| e.to_string())?.into_iter().next().ok_or_else(|| format!("{}: empty", self.ca.display()))
     }
 
     /// A leaf usable as server and client (federation links are both).
@@ -187,8 +187,8 @@ impl Authority {
 /// AES-256 and HMAC-SHA256.
 pub fn export_p12(cert: &Path, key: &Path, out: &Path, password: &str, legacy: bool) -> Result<(), String> {
     use p12_keystore::{Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain};
-    let certs = crate::link::tls::load_certs(cert).map_err(|e| e.0)?;
-    let key_der = crate::link::tls::load_key(key).map_err(|e| e.0)?;
+    let certs = crate::link::tls::load_certs(cert).map_err(|e| e.to_string())?;
+    let key_der = crate::link::tls::load_key(key).map_err(|e| e.to_string())?;
     let rustls::pki_types::PrivateKeyDer::Pkcs8(k) = key_der else { return Err(format!("{}: PKCS#8 key expected", key.display())) };
     let chain: Vec<Certificate> = certs.iter().map(|c| Certificate::from_der(c)).collect::<Result<_, _>>().map_err(err)?;
     let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &certs[0]);

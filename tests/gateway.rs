@@ -50,9 +50,11 @@ async fn xml_and_negotiated_protobuf_clients_see_each_other() {
     p.send(&pli("P", "PAPA", 2)).await;
     let got = x.recv(Duration::from_secs(2)).await.expect("XML client gets the proto client's event");
     assert_eq!((got.uid.as_str(), seq_of(&got)), ("P", Some(2)));
-    // And what the proto client received really was protobuf: its decoder only saw 0xbf frames
-    // after the switch (the test client would have failed to decode XML as its own format
-    // otherwise, since it reads both; check the counters instead).
+    // What the proto client received after the switch really was protobuf: its only XML
+    // frames are the offer and the response, and the XML client got XML only.
+    assert_eq!(p.frames.0, 2, "offer and response in XML, then protobuf: {:?}", p.frames);
+    assert!(p.frames.1 >= 1, "{:?}", p.frames);
+    assert_eq!(x.frames.1, 0, "{:?}", x.frames);
     let stats = gw.router().stats().await;
     assert_eq!(stats.iter().map(|s| s.counters.decode_errors).sum::<u64>(), 0);
     gw.shutdown().await;

@@ -305,7 +305,7 @@ pub async fn spawn(gw: &Gateway, a: &crate::config::AdminConfig) -> Result<std::
     let cancel = control.cancel.clone();
     match (&a.cert, &a.key) {
         (Some(cert), Some(key)) => {
-            let tls = crate::link::tls::server_config(cert, key, a.ca.as_deref(), a.ca.is_some()).map_err(|e| err(e.0))?;
+            let tls = crate::link::tls::server_config(cert, key, a.ca.as_deref(), a.ca.is_some()).map_err(|e| err(e.to_string()))?;
             tracing::info!(address = %bound, mutual_tls = a.ca.is_some(), "admin API and dashboard listening (HTTPS)");
             control.tracker.spawn(serve_tls(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls)), state, cancel, control.tracker.clone()));
         }

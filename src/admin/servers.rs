@@ -232,7 +232,13 @@ fn apply_files(b: &Body<'_>, s: &mut Server, files: &std::path::Path) -> Result<
         let path = dir.join(file);
         crate::certs::write(&path, pem.as_bytes(), true)?;
         let check = if k == "client_key" { tls::load_key(&path).map(|_| ()) } else { tls::load_certs(&path).map(|_| ()) };
-        check.map_err(|e| format!("{k}: {}", e.0.rsplit(": ").next().unwrap_or(&e.to_string())))?;
+        // What was wrong with the text (not the path of the file it was written to).
+        check.map_err(|e| match e {
+            tls::TlsError::NoKey { source, .. } => format!("{k}: no usable private key: {source}"),
+            tls::TlsError::Pem { source, .. } => format!("{k}: {source}"),
+            tls::TlsError::NoCertificate(_) => format!("{k}: no certificate in the PEM text"),
+            other => format!("{k}: {other}"),
+        })?;
         *v = Some(path.display().to_string());
     }
     Ok(())

@@ -54,7 +54,7 @@ impl Target {
         let tls = match &self.ca {
             None => None,
             Some(ca) => {
-                let cc = crate::link::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(|e| e.0)?;
+                let cc = crate::link::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(|e| e.to_string())?;
                 let host = self.server_name.clone().unwrap_or_else(|| self.target.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default());
                 let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
                 Some((tokio_rustls::TlsConnector::from(Arc::new(cc)), name))
@@ -523,7 +523,7 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
                     key.display()
                 )
             };
-            let cfg = |t: String| crate::config::Config::parse(&t).map_err(|e| e.0);
+            let cfg = |t: String| crate::config::Config::parse(&t).map_err(|e| e.to_string());
             let na = crate::runtime::start(&cfg(node("node-a", "listen", "127.0.0.1:0", &ac, &ak))?).await.map_err(|e| e.to_string())?;
             let fed = na.local_addr("fed").ok_or("node A has no federation address")?;
             let nb = crate::runtime::start(&cfg(node("node-b", "connect", &fed.to_string(), &bc, &bk))?).await.map_err(|e| e.to_string())?;

@@ -1,5 +1,6 @@
 //! Mesh datagrams: one event per datagram, CoT XML or `0xbf <varint version=1> 0xbf`
-//! followed by a TakMessage.
+//! followed by a TakMessage. A datagram framed as a stream frame instead (`0xbf <varint
+//! length>` and exactly that many bytes, as pytak sends unicast protobuf) is read too.
 
 use crate::cot::{pb, proto, xml, CotEvent};
 use crate::error::CodecError;
@@ -23,6 +24,11 @@ pub fn decode(d: &[u8]) -> Result<Datagram, CodecError> {
             _ => return Err(CodecError::BadMeshHeader),
         };
         if d.get(1 + n) != Some(&0xbf) {
+            // A stream frame: the varint is the length of the rest.
+            if version as usize == d.len() - 1 - n {
+                let m = proto::decode_message(&d[1 + n..])?;
+                return Ok(Datagram { event: m.event, control: m.control, protobuf: true });
+            }
             return Err(CodecError::BadMeshHeader);
         }
         if version != 1 {

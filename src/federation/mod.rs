@@ -33,7 +33,7 @@ pub async fn start(l: &LinkConfig, f: &FedLink, ctx: &LinkCtx, missions: &Arc<Mi
     match &f.role {
         Role::Listen { address, limits, tls: tl } => {
             let handler: Arc<dyn Handler> = if v2 { v2::Shared::new(settings.clone(), ctx.router.clone(), Some(missions.clone()), None) } else { Arc::new(v1::V1Handler { s: settings.clone(), router: ctx.router.clone() }) };
-            let acceptor = TlsAcceptor::from(Arc::new(tls::server_for_required(&f.tls, true, alpn).map_err(|e| err(e.0))?));
+            let acceptor = TlsAcceptor::from(Arc::new(tls::server_for_required(&f.tls, true, alpn).map_err(|e| err(e.to_string()))?));
             let accept = Accept::Tls { acceptor, handshake_timeout: tls::handshake_timeout(&f.tls) };
             let backlog = limits.listen_backlog.map(|c| c.0 as u32).unwrap_or(crate::link::listen::DEFAULT_BACKLOG);
             let limits = Arc::new(Limits::for_listener(limits, Some(tl), &l.name));
@@ -51,7 +51,7 @@ pub async fn start(l: &LinkConfig, f: &FedLink, ctx: &LinkCtx, missions: &Arc<Mi
             } else {
                 Arc::new(v1::V1Handler { s: settings.clone(), router: ctx.router.clone() })
             };
-            let connector = TlsConnector::from(Arc::new(tls::client_for(&f.tls, alpn).map_err(|e| err(e.0))?));
+            let connector = TlsConnector::from(Arc::new(tls::client_for(&f.tls, alpn).map_err(|e| err(e.to_string()))?));
             let dial = Dial::Tls { connector, server_name: tls::server_name(address, tc), handshake_timeout: tls::handshake_timeout(&f.tls) };
             let c = Connector { link: l.name.clone(), address: address.clone(), dial, backoff: Backoff::from_config(reconnect, 1.0, 60.0), status: conn };
             tracing::info!(link = %l.name, %address, "{proto}: connecting");
@@ -66,7 +66,7 @@ pub async fn start(l: &LinkConfig, f: &FedLink, ctx: &LinkCtx, missions: &Arc<Mi
 /// ("Client identification not available"). Refuse to start such a link, with the reason.
 fn check_chain(f: &FedLink) -> Result<(), String> {
     let (ca, cert, _) = f.files();
-    let chain = tls::chain(cert, Some(ca)).map_err(|e| e.0)?;
+    let chain = tls::chain(cert, Some(ca)).map_err(|e| e.to_string())?;
     if chain.len() < 2 {
         return Err(format!(
             "our certificate chain ({}) has only the leaf: TAK Server and its Federation Hub need the leaf and its issuing CA (they read the second certificate); put the issuing CA after the leaf in the cert file, or in ca",

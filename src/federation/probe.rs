@@ -92,7 +92,7 @@ async fn run_stages(t: &ProbeTarget, st: &mut Stages) -> Option<()> {
 }
 
 fn connector(t: &ProbeTarget) -> Result<(tokio_rustls::TlsConnector, String), String> {
-    let mut c = tls::client_config(&t.ca, Some((&t.cert, &t.key))).map_err(|e| e.0)?;
+    let mut c = tls::client_config(&t.ca, Some((&t.cert, &t.key))).map_err(|e| e.to_string())?;
     if t.protocol == 2 {
         c.alpn_protocols = vec![b"h2".to_vec()];
     }

@@ -115,9 +115,20 @@ impl FedSettings {
             }
         }
         let (_, cert, _) = f.files();
-        s.own_cert = crate::link::tls::load_certs(cert).map_err(|e| e.0)?.first().map(|c| c.to_vec()).unwrap_or_default();
+        s.own_cert = crate::link::tls::load_certs(cert).map_err(|e| e.to_string())?.first().map(|c| c.to_vec()).unwrap_or_default();
         Ok(s)
     }
+}
+
+/// Attaches a federate session to the router: the latest picture it may receive (taken
+/// before attaching, so nothing in it is also queued live) and its queue.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn attach_federate(router: &RouterHandle, s: &FedSettings, id: u64, codec: crate::link::Codec, transport: &'static str, remote: &str, identity: Option<PeerIdentity>, close: tokio_util::sync::CancellationToken) -> (Vec<std::sync::Arc<Message>>, tokio::sync::mpsc::Receiver<std::sync::Arc<Message>>) {
+    let snapshot = router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(s.queue_depth);
+    let info = crate::router::PeerInfo { codec: crate::link::CodecCell::new(codec), id, link: s.link.clone(), transport, remote: remote.to_owned(), identity, policy: s.policy.clone(), tx, overflow: crate::config::Overflow::Drop, counters: s.counters.clone(), close };
+    router.attach(info).await;
+    (snapshot, rx)
 }
 
 /// Whether a federate with this certificate may connect (it presented one, and it is on the

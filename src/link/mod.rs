@@ -10,6 +10,7 @@
 //!   one reconnect backoff.
 //! * [`listen`] and [`connect`]: accepting (limits, TLS handshakes off the accept loop) and
 //!   reconnecting, for every stream link; [`tls`]: rustls configurations from PEM files.
+//! * [`write`]: coalesced writes with a write timeout, toward every stream peer.
 //! * [`latency`]: the delivery latency histogram.
 //!
 //! Transports and federation depend on `link` and `router`, never on each other.
@@ -24,6 +25,7 @@ pub mod peer;
 pub mod rate;
 pub mod status;
 pub mod tls;
+pub mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! copied), mutual certificates, and the peer identity (subject CN and SHA-256 fingerprint)
 //! for the routing policy.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -11,33 +11,50 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::peer::PeerIdentity;
 
+/// Why TLS material could not be used; each names the file.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(pub String);
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: no certificate in file", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: no usable private key: {source}", path.display())]
+    NoKey { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: no certificate revocation list (PEM `X509 CRL` or DER) in file", .0.display())]
+    NoCrl(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Rustls { path: PathBuf, source: rustls::Error },
+    #[error("TLS: {0}")]
+    Setup(#[from] rustls::Error),
+    #[error("TLS client certificate verification: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("TLS: {0}")]
+    Missing(&'static str),
+}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+    let pem = |source| TlsError::Pem { path: path.to_owned(), source };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path).map_err(pem)?.collect::<Result<_, _>>().map_err(pem)?;
     if certs.is_empty() {
-        return Err(TlsError(format!("{}: no certificate in file", path.display())));
+        return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(certs)
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("{}: no usable private key: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::NoKey { path: path.to_owned(), source })
 }
 
 fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| TlsError(format!("{}: {e}", ca.display())))?;
+        roots.add(c).map_err(|source| TlsError::Rustls { path: ca.to_owned(), source })?;
     }
     Ok(roots)
 }
@@ -62,11 +79,11 @@ pub fn chain(cert: &Path, ca: Option<&Path>) -> Result<Vec<CertificateDer<'stati
 pub fn load_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut out = Vec::new();
     for p in paths {
-        let bytes = std::fs::read(p).map_err(|e| TlsError(format!("{}: {e}", p.display())))?;
-        let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|e| TlsError(format!("{}: {e}", p.display())))?;
+        let bytes = std::fs::read(p).map_err(|source| TlsError::Read { path: p.clone(), source })?;
+        let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|source| TlsError::Pem { path: p.clone(), source })?;
         if pem.is_empty() {
             if bytes.first() != Some(&0x30) {
-                return Err(TlsError(format!("{}: no certificate revocation list (PEM `X509 CRL` or DER) in file", p.display())));
+                return Err(TlsError::NoCrl(p.clone()));
             }
             out.push(CertificateRevocationListDer::from(bytes));
         } else {
@@ -85,17 +102,17 @@ pub fn server_config(cert: &Path, key: &Path, ca: Option<&Path>, require_client_
 /// [`server_config`], refusing client certificates revoked by `crls` (and those whose
 /// issuer has no list there).
 pub fn server_config_with_crls(cert: &Path, key: &Path, ca: Option<&Path>, require_client_cert: bool, crls: &[std::path::PathBuf]) -> Result<ServerConfig, TlsError> {
-    let b = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?;
+    let b = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let b = match ca {
         Some(ca) => {
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
             let v = if crls.is_empty() { v } else { v.with_crls(load_crls(crls)?).only_check_end_entity_revocation() };
             let v = if require_client_cert { v } else { v.allow_unauthenticated() };
-            b.with_client_cert_verifier(v.build().map_err(|e| TlsError(e.to_string()))?)
+            b.with_client_cert_verifier(v.build()?)
         }
         None => b.with_no_client_auth(),
     };
-    b.with_single_cert(chain(cert, ca)?, load_key(key)?).map_err(|e| TlsError(format!("{}: {e}", cert.display())))
+    b.with_single_cert(chain(cert, ca)?, load_key(key)?).map_err(|source| TlsError::Rustls { path: cert.to_owned(), source })
 }
 
 /// A client configuration that trusts `ca` and presents `cert`/`key` when given.
@@ -105,15 +122,15 @@ pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<Clie
 
 /// [`client_config`], refusing server certificates revoked by `crls`.
 pub fn client_config_with_crls(ca: &Path, cert_key: Option<(&Path, &Path)>, crls: &[std::path::PathBuf]) -> Result<ClientConfig, TlsError> {
-    let b = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| TlsError(e.to_string()))?;
+    let b = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let b = if crls.is_empty() {
         b.with_root_certificates(roots(ca)?)
     } else {
-        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).with_crls(load_crls(crls)?).only_check_end_entity_revocation().build().map_err(|e| TlsError(e.to_string()))?;
+        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).with_crls(load_crls(crls)?).only_check_end_entity_revocation().build().map_err(|e| TlsError::Missing(if matches!(e, rustls::server::VerifierBuilderError::NoRootAnchors) { "the ca file holds no usable root" } else { "the server verifier could not be built" }))?;
         b.dangerous().with_custom_certificate_verifier(v)
     };
     match cert_key {
-        Some((cert, key)) => b.with_client_auth_cert(chain(cert, Some(ca))?, load_key(key)?).map_err(|e| TlsError(format!("{}: {e}", cert.display()))),
+        Some((cert, key)) => b.with_client_auth_cert(chain(cert, Some(ca))?, load_key(key)?).map_err(|source| TlsError::Rustls { path: cert.to_owned(), source }),
         None => Ok(b.with_no_client_auth()),
     }
 }
@@ -163,7 +180,7 @@ pub fn server_for(f: &crate::config::link::TlsFiles, l: &crate::config::link::Tl
 
 /// [`server_for`] with client certificates required or not.
 pub fn server_for_required(f: &crate::config::link::TlsFiles, require_client_cert: bool, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
-    let (Some(cert), Some(key)) = (&f.cert, &f.key) else { return Err(TlsError("a tls listener needs cert and key".into())) };
+    let (Some(cert), Some(key)) = (&f.cert, &f.key) else { return Err(TlsError::Missing("a tls listener needs cert and key")) };
     let mut c = server_config_with_crls(cert, key, f.ca.as_deref(), require_client_cert, &f.crl)?;
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(c)
@@ -171,7 +188,7 @@ pub fn server_for_required(f: &crate::config::link::TlsFiles, require_client_cer
 
 /// The client configuration of an outgoing TLS or federation link.
 pub fn client_for(f: &crate::config::link::TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
-    let ca = f.ca.as_deref().ok_or_else(|| TlsError("a tls connection needs ca (the CA that signed the server certificate)".into()))?;
+    let ca = f.ca.as_deref().ok_or(TlsError::Missing("a tls connection needs ca (the CA that signed the server certificate)"))?;
     let mut c = client_config_with_crls(ca, f.cert.as_deref().zip(f.key.as_deref()), &f.crl)?;
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(c)

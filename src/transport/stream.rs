@@ -27,13 +27,12 @@ use crate::link::ingest::{ingest, Origin};
 use crate::link::latency::DELIVERY_LATENCY;
 use crate::link::listen::{Accept, Conn, Handler, Limits};
 use crate::link::rate::{ReadRate, ReadRateLimits};
+use crate::link::write::{coalesce, write_timed, Stop};
 use crate::link::{log_bad_input, tls, Backoff, Codec, CodecCell, ConnStatus, LinkCounters, LinkCtx, LinkStatus, StartError};
 use crate::router::{Message, PeerInfo, PeerPolicy, RouterHandle};
 use crate::session::stream::{self, StreamConfig, StreamSession};
 use crate::sync::lock;
 
-/// A coalesced write stops growing at this size.
-const MAX_BATCH: usize = 256 * 1024;
 
 /// Settings shared by every connection of one configured stream link.
 #[derive(Debug)]
@@ -307,35 +306,26 @@ impl Writer<'_> {
     /// `m` and whatever else is queued, up to the batch size.
     fn batch(&mut self, m: Arc<Message>, f: WireFormat, buf: &mut Vec<u8>) {
         DELIVERY_LATENCY.observe(m.received.elapsed());
-        let mut next = Some(m);
-        let mut n = 0u64;
-        while let Some(m) = next.take() {
+        let (picture_waits, live) = (!self.snapshot.is_empty(), &mut self.live);
+        let n = coalesce(m, &mut self.rx, buf, |m, buf| {
             buf.extend_from_slice(m.encoded(f));
-            if !self.snapshot.is_empty() {
-                self.live.insert(m.event.uid.clone());
+            if picture_waits {
+                live.insert(m.event.uid.clone());
             }
-            n += 1;
-            if buf.len() < MAX_BATCH {
-                next = self.rx.try_recv().ok();
-            }
-        }
+        });
         LinkCounters::add(&self.s.counters.events_out, n);
     }
 
     /// Writes `buf` within the write timeout; why the session must end if it cannot.
     async fn write<W: AsyncWrite + Unpin>(&self, wr: &mut W, buf: &[u8]) -> Result<(), Option<&'static str>> {
-        let r = tokio::select! {
-            r = tokio::time::timeout(self.s.write_timeout, write_all(wr, buf, &self.s.counters)) => r,
-            _ = self.session.cancelled() => return Err(None),
-        };
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
+        match write_timed(wr, buf, self.s.write_timeout, &self.s.counters, self.session).await {
+            Ok(()) => Ok(()),
+            Err(Stop::Cancelled) => Err(None),
+            Err(Stop::Failed(e)) => {
                 tracing::debug!(link = %self.s.link, "write error: {e}");
                 Err(Some("write error"))
             }
-            Err(_) => {
-                LinkCounters::inc(&self.s.counters.slow_consumers);
+            Err(Stop::Slow) => {
                 tracing::warn!(link = %self.s.link, remote = self.remote, secs = self.s.write_timeout.as_secs_f64(), bytes = buf.len(), "slow consumer: a write did not complete within the write timeout; disconnecting");
                 Err(Some("slow consumer"))
             }
@@ -350,14 +340,7 @@ impl Writer<'_> {
             LinkCounters::inc(&self.s.counters.events_out);
         }
         if !buf.is_empty() {
-            let _ = tokio::time::timeout(self.s.drain_timeout, write_all(wr, &buf, &self.s.counters)).await;
+            let _ = write_timed(wr, &buf, self.s.drain_timeout, &self.s.counters, &CancellationToken::new()).await;
         }
     }
-}
-
-async fn write_all<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], counters: &LinkCounters) -> std::io::Result<()> {
-    wr.write_all(buf).await?;
-    wr.flush().await?;
-    LinkCounters::add(&counters.bytes_out, buf.len() as u64);
-    Ok(())
 }

@@ -54,6 +54,8 @@ pub struct Client {
     pub format: WireFormat,
     /// Control events seen (offers, responses, pongs).
     pub control: Vec<Control>,
+    /// Frames received, by kind: (XML, protobuf).
+    pub frames: (usize, usize),
 }
 
 impl Client {
@@ -64,7 +66,7 @@ impl Client {
     }
 
     pub fn over(io: Pin<Box<dyn Io>>) -> Client {
-        Client { io, dec: StreamDecoder::new(1 << 20), format: WireFormat::Xml, control: vec![] }
+        Client { io, dec: StreamDecoder::new(1 << 20), format: WireFormat::Xml, control: vec![], frames: (0, 0) }
     }
 
     pub async fn send(&mut self, ev: &CotEvent) {
@@ -77,16 +79,20 @@ impl Client {
         self.io.write_all(b).await.unwrap();
     }
 
-    /// The next non-control event, or None after `wait` of silence.
+    /// The next non-control event, or None after `wait` of silence. What the gateway sends
+    /// must frame and decode: anything else fails the test.
     pub async fn recv(&mut self, wait: Duration) -> Option<CotEvent> {
         loop {
             while let Some(f) = self.dec.next_frame() {
-                let Ok(f) = f else { continue };
-                if let Ok(Some(ev)) = decode_frame(&f) {
-                    match control::recognise(&ev) {
-                        Some(c) => self.control.push(c),
-                        None => return Some(ev),
-                    }
+                let f = f.unwrap_or_else(|e| panic!("the gateway sent bytes that do not frame: {e}"));
+                match &f {
+                    takgate::codec::Frame::Proto(_) => self.frames.1 += 1,
+                    _ => self.frames.0 += 1,
+                }
+                let Some(ev) = decode_frame(&f).unwrap_or_else(|e| panic!("the gateway sent an event that does not decode: {e}")) else { continue };
+                match control::recognise(&ev) {
+                    Some(c) => self.control.push(c),
+                    None => return Some(ev),
                 }
             }
             self.dec.buffer_mut().reserve(8192);

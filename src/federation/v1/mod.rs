@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use frame::{encode, Decoder, FrameError, DEFAULT_MAX_FRAME};
 
-use super::shared::{admit, federated_for, receive, FedSettings, RemoteContacts};
-use crate::config::Overflow;
+use super::shared::{admit, attach_federate, federated_for, receive, FedSettings, RemoteContacts};
 use crate::link::listen::{Conn, Handler};
 use crate::link::rate::ReadRate;
-use crate::link::{log_bad_input, Codec, CodecCell, LinkCounters};
-use crate::router::{Message, PeerInfo, RouterHandle};
+use crate::link::write::{coalesce, write_timed, Stop};
+use crate::link::{log_bad_input, Codec, LinkCounters};
+use crate::router::{Message, RouterHandle};
 
 /// Runs the v1 session on each connection of a federation v1 link.
 pub struct V1Handler {
@@ -52,12 +52,8 @@ pub async fn run_session(conn: Conn, s: Arc<FedSettings>, router: RouterHandle) 
     let Conn { io, remote, identity, cancel } = conn;
     let Some(identity) = admit(identity, &s, &remote) else { return };
     let id = router.next_id();
-    let (tx, rx) = mpsc::channel(s.queue_depth);
     let session = cancel.child_token();
-    // The snapshot is taken before attaching, so nothing in it is also queued live.
-    let snapshot: Vec<Arc<Message>> = router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
-    let info = PeerInfo { codec: CodecCell::new(Codec::FigV1), id, link: s.link.clone(), transport: "federation-v1", remote: remote.clone(), identity: Some(identity.clone()), policy: s.policy.clone(), tx, overflow: Overflow::Drop, counters: s.counters.clone(), close: session.clone() };
-    router.attach(info).await;
+    let (snapshot, rx) = attach_federate(&router, &s, id, Codec::FigV1, "federation-v1", &remote, Some(identity.clone()), session.clone()).await;
     tracing::info!(link = %s.link, %remote, federate = %identity.federate_name(), fingerprint = %identity.fingerprint, "federate connected");
     let (rd, wr) = tokio::io::split(io);
     let contacts = RemoteContacts::default();
@@ -111,27 +107,17 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: u64, remote: &str, s: &F
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc<Message>>, snapshot: Vec<Arc<Message>>, s: &FedSettings, remote: &str, session: &CancellationToken) {
     let mut announced = HashSet::new();
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut n = 0u64;
-    for m in &snapshot {
-        n += frames_for(m, s, &mut announced, &mut buf) as u64;
-    }
+    let mut n: u64 = snapshot.iter().map(|m| frames_for(m, s, &mut announced, &mut buf) as u64).sum();
     loop {
         if !buf.is_empty() {
-            let r = tokio::select! {
-                r = tokio::time::timeout(s.write_timeout, async { wr.write_all(&buf).await?; wr.flush().await }) => r,
-                _ = session.cancelled() => break,
-            };
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    LinkCounters::inc(&s.counters.slow_consumers);
+            match write_timed(&mut wr, &buf, s.write_timeout, &s.counters, session).await {
+                Ok(()) => LinkCounters::add(&s.counters.events_out, n),
+                Err(Stop::Slow) => {
                     tracing::warn!(link = %s.link, remote, secs = s.write_timeout.as_secs_f64(), "slow federate: a write did not complete within the write timeout; disconnecting");
                     break;
                 }
+                Err(_) => break,
             }
-            LinkCounters::add(&s.counters.bytes_out, buf.len() as u64);
-            LinkCounters::add(&s.counters.events_out, n);
             buf.clear();
             n = 0;
         }
@@ -139,13 +125,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Arc
             _ = session.cancelled() => break,
             m = rx.recv() => match m { Some(m) => m, None => break },
         };
-        n += frames_for(&m, s, &mut announced, &mut buf) as u64;
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(m) => n += frames_for(&m, s, &mut announced, &mut buf) as u64,
-                Err(_) => break,
-            }
-        }
+        coalesce(m, &mut rx, &mut buf, |m, buf| n += frames_for(m, s, &mut announced, buf) as u64);
     }
     session.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), wr.shutdown()).await;

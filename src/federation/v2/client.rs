@@ -19,10 +19,9 @@ use tonic::{Code, Response, Status, Streaming};
 use super::*;
 use crate::federation::fig::federated_channel_client::FederatedChannelClient;
 use crate::federation::fig::{client_health, server_health, ClientHealth, FederateGroups, Subscription};
-use crate::federation::shared::{admit, receive, RemoteContacts};
-use crate::link::{Codec, CodecCell, Io};
+use crate::federation::shared::{admit, attach_federate, receive, RemoteContacts};
+use crate::link::{Codec, Io};
 use crate::missions::Receipts;
-use crate::router::PeerInfo;
 use crate::session::federate::{Action, Call, ClientConfig, ClientSession, End, Health};
 
 /// tonic's client over one hyper HTTP/2 connection: every call shares it, and it is never
@@ -312,10 +311,7 @@ impl ClientIo {
     /// client does), the contact snapshot and latest SA, then injected and live traffic.
     async fn server_events(&mut self) -> impl Stream<Item = FederatedEvent> + Send + 'static {
         let s = self.sh.s.clone();
-        let snapshot: Vec<Arc<Message>> = self.sh.router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
-        let (tx, rx) = mpsc::channel(s.queue_depth);
-        let info = PeerInfo { codec: CodecCell::new(Codec::FigGrpc), id: self.id, link: s.link.clone(), transport: "federation-v2", remote: self.remote.clone(), identity: None, policy: s.policy.clone(), tx, overflow: crate::config::Overflow::Drop, counters: s.counters.clone(), close: self.session.clone() };
-        self.sh.router.attach(info).await;
+        let (snapshot, rx) = attach_federate(&self.sh.router, &s, self.id, Codec::FigGrpc, "federation-v2", &self.remote, None, self.session.clone()).await;
         EventOut::new(&snapshot, Some(FederatedEvent::default()), rx, self.inject.clone(), s, self.session.clone()).stream().filter_map(|r| std::future::ready(r.ok()))
     }
 

@@ -16,10 +16,9 @@ use tonic::{Request, Response, Streaming};
 use super::*;
 use crate::federation::fig::federated_channel_server::{FederatedChannel, FederatedChannelServer};
 use crate::federation::fig::{client_health, server_health, BinaryBlob, ClientHealth, Empty, FederateGroups, FederateTokenResponse, ServerHealth, Subscription};
-use crate::federation::shared::{admit, receive, RemoteContacts};
-use crate::link::{log_bad_input, Codec, CodecCell, PeerIdentity};
+use crate::federation::shared::{admit, attach_federate, receive, RemoteContacts};
+use crate::link::{log_bad_input, Codec, PeerIdentity};
 use crate::missions::Receipts;
-use crate::router::PeerInfo;
 use crate::session::federate::{Call, End, Health, ServerConfig, ServerSession};
 
 /// One federate connection (server role): the `FederatedChannel` service of that session.
@@ -190,11 +189,7 @@ impl FederatedChannel for Svc {
         lock(&c.rules).handle_events_open(Instant::now());
         c.expired.store(false, Ordering::Relaxed);
         c.changed.notify_one();
-        // The snapshot is taken before attaching, so nothing in it is also queued live.
-        let snapshot: Vec<Arc<Message>> = c.sh.router.snapshot().await.into_iter().filter(|m| s.policy.allows_out(m)).collect();
-        let (tx, rx) = mpsc::channel(s.queue_depth);
-        let info = PeerInfo { codec: CodecCell::new(Codec::FigGrpc), id: c.id, link: s.link.clone(), transport: "federation-v2", remote: c.remote.clone(), identity: Some(c.identity.clone()), policy: s.policy.clone(), tx, overflow: crate::config::Overflow::Drop, counters: s.counters.clone(), close: token.clone() };
-        c.sh.router.attach(info).await;
+        let (snapshot, rx) = attach_federate(&c.sh.router, &s, c.id, Codec::FigGrpc, "federation-v2", &c.remote, Some(c.identity.clone()), token.clone()).await;
         tracing::info!(link = %s.link, remote = %c.remote, federate = %name, snapshot = snapshot.len(), "federate subscribed to events");
         let mut out = EventOut::new(&snapshot, None, rx, c.inject.clone(), s, token);
         out.expired = Some(c.expired.clone());
