@@ -131,6 +131,9 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
     if cfg.store.path.is_none() {
         tracing::info!("missions and the federation queue are kept in memory: set [store] path to keep them across restarts");
     }
+    let mut cfg = cfg.clone();
+    cfg.node.id = node_id(&cfg.node.id, &store).map_err(store_err)?;
+    let cfg = &cfg;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let router = crate::router::spawn(&cfg.node.id, Duration::from_secs_f64(cfg.router.dedup_window_secs), &cancel, &tracker);
@@ -149,6 +152,20 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
         }
     }
     Ok(Gateway { inner: control })
+}
+
+/// The configured node id, else the one this store keeps (made on first start).
+fn node_id(configured: &str, store: &Store) -> Result<String, crate::store::StoreError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_owned());
+    }
+    if let Some(id) = store.fact("node_id")? {
+        return Ok(id);
+    }
+    let id = format!("takgate-{:08x}", fastrand::u32(..));
+    store.set_fact("node_id", &id)?;
+    tracing::info!(node_id = %id, "no [node] id configured: using a generated one (kept in the store)");
+    Ok(id)
 }
 
 /// Starts one link with its transport's constructor.

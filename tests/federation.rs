@@ -256,3 +256,29 @@ async fn a_disabled_federation_link_does_not_connect() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// Two gateways left without a `[node] id` get distinct generated ids (never each other's
+/// loops), and a gateway keeps its generated id across restarts in its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_an_id_generates_and_keeps_one() {
+    let plain = "[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n";
+    let (a, b) = (gateway(plain).await, gateway(plain).await);
+    let (ia, ib) = (a.router().node_id.to_string(), b.router().node_id.to_string());
+    assert!(ia.starts_with("takgate-") && ia.len() == 16 && ia != ib, "{ia} {ib}");
+    a.shutdown().await;
+    b.shutdown().await;
+    let db = std::env::temp_dir().join(format!("takgate-nodeid-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let with_store = format!("[store]\npath = \"{}\"\n{plain}", db.display());
+    let first = gateway(&with_store).await;
+    let id = first.router().node_id.to_string();
+    first.shutdown().await;
+    let again = gateway(&with_store).await;
+    assert_eq!(again.router().node_id.to_string(), id, "kept in the store");
+    again.shutdown().await;
+    // a configured id wins
+    let named = gateway(&format!("[node]\nid = \"gw-north\"\n{with_store}")).await;
+    assert_eq!(&*named.router().node_id, "gw-north");
+    named.shutdown().await;
+    // the embedded default config names no id
+    assert!(!takgate::config::DEFAULT_TOML.lines().any(|l| l.trim_start().starts_with("id =")));
+}

@@ -540,3 +540,34 @@ async fn wrong_unknown_and_expired_certificates_are_refused() {
         gw.shutdown().await;
     }
 }
+
+/// takgate as the v2 server: an item added to a mission reaches a TAK client (role) as an
+/// `update mission` TAK reads, with the CoT and GroupsPayload blobs TAK's client role needs
+/// to inject the item (it injects only when both are present).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rol_to_a_tak_client_carries_what_it_injects() {
+    let mut pki = Pki::new("v2rolout");
+    let a = gateway(&v2_listen("node-a", &pki, "")).await;
+    let (cert, key) = pki.leaf("tak-peer", false);
+    let (mut c, _conn) = raw(a.local_addr("fed").unwrap(), &pki.ca, &cert, &key).await;
+    let _groups = c.server_federate_groups_stream(sub("tak-peer", false)).await.unwrap().into_inner();
+    let _evs = c.client_event_stream(sub("tak-peer", true)).await.unwrap().into_inner();
+    let (_etx, erx) = mpsc::channel::<FederatedEvent>(1);
+    let _ses = c.server_event_stream(rx_stream(erx)).await.unwrap().into_inner();
+    assert_eq!(c.health_check(health()).await.unwrap().into_inner().status, SERVING);
+    let mut rol_in = c.client_rol_stream(sub("tak-peer", false)).await.unwrap().into_inner();
+    let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
+    let mut item = pli("ITEM-R", "ITEM", 1);
+    item.detail.xml.push_str(r#"<marti><dest mission="ops"/></marti>"#);
+    alpha.send(&item).await;
+    let rol = loop {
+        let r = msg(&mut rol_in, Duration::from_secs(5)).await.expect("a ROL").unwrap();
+        if r.program.contains("ITEM-R") {
+            break r;
+        }
+    };
+    common::tak::accepts(&rol).unwrap_or_else(|e| panic!("TAK refuses {:?}: {e}", rol.program));
+    let injected = common::tak::client_role_injects(&rol).expect("TAK's client role injects the item");
+    assert!(injected.contains(r#"uid="ITEM-R""#), "{injected}");
+    a.shutdown().await;
+}

@@ -30,7 +30,8 @@ async fn tcp_clients_see_each_other_and_never_their_own() {
         let got = cl.drain(MS).await;
         assert_eq!(got.iter().map(|e| seq_of(e).unwrap()).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
         assert_eq!(got[0].detail.contact.as_ref().unwrap().callsign, "ALPHA");
-        assert!(got[0].detail.xml.contains("<_flow-tags_ takgate="), "stamped: {}", got[0].detail.xml);
+        let tag = format!("<_flow-tags_ {}=", gw.router().node_id);
+        assert!(got[0].detail.xml.contains(&tag), "stamped with the node id: {}", got[0].detail.xml);
     }
     assert!(a.drain(MS).await.is_empty(), "no echo to the origin");
     assert!(a.control.iter().any(|c| matches!(c, Control::Offer(v) if v == &[1])), "server offers protocol 1");

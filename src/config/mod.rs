@@ -101,21 +101,14 @@ impl Default for MissionsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    #[serde(default = "default_node_id")]
+    /// This node's id (federation server id, loop prevention, control messages). Empty:
+    /// `takgate-<8 hex>`, made on first start and kept in the store, so two gateways left
+    /// on defaults never take each other's traffic for a loop.
+    #[serde(default)]
     pub id: String,
-}
-
-fn default_node_id() -> String {
-    "takgate".into()
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig { id: default_node_id() }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,8 +180,13 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.node.id.is_empty() || !self.node.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(ConfigError(format!("node.id: {:?} must be non-empty letters, digits, '-', '_' or '.' (it becomes an XML attribute name)", self.node.id)));
+        if !self.node.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ConfigError(format!("node.id: {:?} must be letters, digits, '-', '_' or '.' (it becomes an XML attribute name)", self.node.id)));
+        }
+        if self.node.id.is_empty() && self.store.path.is_none() {
+            if let Some(l) = self.links.iter().find(|l| matches!(&l.kind, LinkKind::Amqp(a) if matches!(a.kind, link::AmqpKind::Cluster(_)))) {
+                return Err(ConfigError(format!("link {:?}: a cluster node needs a stable id (its broker queue is named after it): set [node] id, or a [store] path to keep the generated one", l.name)));
+            }
         }
         if self.router.queue_depth == 0 {
             return Err(ConfigError("router.queue_depth: must be at least 1".into()));

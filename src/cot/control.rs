@@ -64,6 +64,20 @@ pub enum Control {
     Response(bool),
 }
 
+/// The `t-x-d-d` TAK Server sends when a contact leaves (a client disconnects, a federate
+/// deletes a contact): `<link relation="p-p" uid=… type=…/>` naming it, no `__forcedelete`.
+pub fn departed(uid: &str, cot_type: &str, now: CotTime) -> CotEvent {
+    let mut ev = CotEvent::new(crate::cot::random_uid(), "t-x-d-d", "h-g-i-g-o", now, 20);
+    ev.point = crate::cot::Point { lat: 0.0, lon: 0.0, hae: 0.0, ce: crate::cot::UNKNOWN, le: crate::cot::UNKNOWN };
+    let mut d = Vec::from(&b"<link relation=\"p-p\" uid=\""[..]);
+    crate::cot::fragment::escape_attr(uid, &mut d);
+    d.extend_from_slice(b"\" type=\"");
+    crate::cot::fragment::escape_attr(cot_type, &mut d);
+    d.extend_from_slice(b"\"/>");
+    ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
+    ev
+}
+
 /// Recognises ping, pong and negotiation events. `None` for everything else (and for a
 /// negotiation event whose TakControl cannot be read).
 pub fn recognise(ev: &CotEvent) -> Option<Control> {

@@ -25,8 +25,10 @@ pub fn to_geo(ev: &CotEvent, facts: &Facts) -> GeoEvent {
     let d = &ev.detail;
     let verbatim = if ev.detail.xml.contains("<marti") { fragment::without_element(&d.xml, "marti") } else { d.xml.clone() };
     let rest = Detail { status: None, track: None, precision_location: None, xml: String::new(), ..d.clone() };
+    // TAK serializes what is left of `<detail>`, tag included: `<detail/>` when everything
+    // went to fields (an empty `other` would make its receiver drop the track).
     let other = if verbatim.is_empty() && rest.is_empty() {
-        String::new()
+        "<detail/>".to_owned()
     } else {
         let mut out = Vec::with_capacity(verbatim.len() + 256);
         xml::encode_detail_with(d, &verbatim, &mut out, true);
@@ -117,6 +119,18 @@ pub fn from_geo(g: GeoEvent) -> Result<CotEvent, CodecError> {
 mod tests {
     use super::*;
     use crate::cot::sample::ATAK_PLI;
+
+    #[test]
+    fn a_detail_left_empty_is_sent_as_an_empty_detail_element() {
+        let mut ev = CotEvent::new("u", "a-f-G", "m-g", CotTime(5), 60);
+        ev.detail.track = Some(Track { speed: 2.0, course: 45.0 });
+        let g = to_geo(&ev, &Facts::default());
+        // TAK serializes the rest of <detail>, tag included; an empty `other` would make its
+        // receiver build the event without a detail and drop the track.
+        assert_eq!((g.other.as_str(), g.speed, g.course), ("<detail/>", 2.0, 45.0));
+        let back = from_geo(g).unwrap();
+        assert_eq!(back.detail.track, Some(Track { speed: 2.0, course: 45.0 }));
+    }
 
     #[test]
     fn pli_round_trips_and_flat_fields_are_used() {

@@ -66,6 +66,12 @@ pub async fn start(l: &LinkConfig, f: &FedLink, ctx: &LinkCtx, missions: &Arc<Mi
 /// ("Client identification not available"). Refuse to start such a link, with the reason.
 fn check_chain(f: &FedLink) -> Result<(), String> {
     let (ca, cert, _) = f.files();
+    presented_chain(ca, cert).map(|_| ())
+}
+
+/// How many certificates we present with `cert` (the issuers found in `ca` appended);
+/// an error when only the leaf: TAK Server and its Federation Hub read the second one.
+pub(crate) fn presented_chain(ca: &std::path::Path, cert: &std::path::Path) -> Result<usize, String> {
     let chain = tls::chain(cert, Some(ca)).map_err(|e| e.to_string())?;
     if chain.len() < 2 {
         return Err(format!(
@@ -73,5 +79,5 @@ fn check_chain(f: &FedLink) -> Result<(), String> {
             cert.display()
         ));
     }
-    Ok(())
+    Ok(chain.len())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::convert::{from_geo, to_geo};
 use super::fig::{ContactListEntry, Crud, FederateHops, FederateProvenance, FederatedEvent};
 use crate::config::{FedLink, FedVersion, LinkConfig};
-use crate::cot::{fragment, CotEvent, CotTime};
+use crate::cot::{fragment, CotTime};
 use crate::link::ingest::{ingest, Origin};
 use crate::link::rate::ReadRateLimits;
 use crate::link::{log_bad_input, LinkCounters, LinkCtx, PeerIdentity};
@@ -258,30 +258,21 @@ impl RemoteContacts {
         let meta = FedMeta { provenance: vec![], hops: 0, max_hops: -1, groups: s.inbound_groups.clone() };
         for (uid, t) in left {
             router.forget_contact(uid.clone(), id).await;
-            ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, delete_message(&uid, &t), Some(meta.clone())).await;
+            ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, crate::cot::control::departed(&uid, &t, CotTime::now()), Some(meta.clone())).await;
         }
     }
-}
-
-/// A `t-x-d-d` for a contact that left, as TAK Server's template writes it.
-pub(crate) fn delete_message(uid: &str, cot_type: &str) -> CotEvent {
-    let now = CotTime::now();
-    let mut ev = CotEvent::new(crate::cot::random_uid(), "t-x-d-d", "h-g-i-g-o", now, 20);
-    ev.point = crate::cot::Point { lat: 0.0, lon: 0.0, hae: 0.0, ce: crate::cot::UNKNOWN, le: crate::cot::UNKNOWN };
-    let mut d = Vec::from(&b"<link relation=\"p-p\" uid=\""[..]);
-    fragment::escape_attr(uid, &mut d);
-    d.extend_from_slice(b"\" type=\"");
-    fragment::escape_attr(cot_type, &mut d);
-    d.extend_from_slice(b"\"/>");
-    ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
-    ev
 }
 
 /// Handles one `FederatedEvent` from federate session `id`: loop and hop checks, contacts,
 /// and the event itself, routed with its provenance.
 pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router: &RouterHandle, contacts: &RemoteContacts) {
     if fe.federate_provenance.iter().any(|p| p.federation_server_id == s.node_id) {
-        LinkCounters::inc(&s.counters.loops);
+        let n = LinkCounters::inc(&s.counters.loops);
+        // The sender stamps itself last: our id there is a federate using our node id (both
+        // left on one id, or a copied config), not a loop.
+        if fe.federate_provenance.last().is_some_and(|p| p.federation_server_id == s.node_id) && (n < 3 || n.is_power_of_two()) {
+            tracing::warn!(link = %s.link, node_id = %s.node_id, dropped = n + 1, "the federate stamps its events with our own node id: they are dropped as loops; give one of the two nodes its own [node] id");
+        }
         return;
     }
     let (hops, max_hops) = fe.federate_hops.as_ref().map(|h| (h.current_hops, h.max_hops)).unwrap_or((0, -1));
@@ -302,7 +293,7 @@ pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router
                 router.forget_contact(c.uid.clone(), id).await;
                 // A departed remote client: tell local clients to remove it (TAK puts the
                 // client's CoT type where the callsign would be).
-                ingest(router, origin, delete_message(&c.uid, &c.callsign), Some(meta())).await;
+                ingest(router, origin, crate::cot::control::departed(&c.uid, &c.callsign, CotTime::now()), Some(meta())).await;
             }
             _ => {}
         }
@@ -327,7 +318,7 @@ pub(crate) async fn receive(fe: FederatedEvent, id: u64, s: &FedSettings, router
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cot::CotTime;
+    use crate::cot::{CotEvent, CotTime};
 
     fn msg(fed: Option<FedMeta>, group: Option<&str>) -> Message {
         let mut ev = CotEvent::new("ANDROID-1", "a-f-G-U-C", "m-g", CotTime(1_700_000_000_000), 60);

@@ -165,7 +165,9 @@ impl Missions {
         } else {
             vec![]
         };
+        let groups: Vec<String> = m.facts.group.iter().cloned().collect();
         for c in changes {
+            let c = Change { groups: groups.clone(), ..c };
             if self.effective(&c)? {
                 self.apply_to_missions(&c)?;
                 self.record_local_with(None, c)?;
@@ -185,7 +187,7 @@ impl Missions {
                 self.store.set_item_cot(name, &ev.uid, &cot)?;
                 continue;
             }
-            let c = Change { content_uid: ev.uid.clone(), creator_uid: creator_of(ev), ts_ms: ev.time.0, cot_xml: cot.clone(), ..Change::new(name, ChangeType::AddContent) };
+            let c = Change { content_uid: ev.uid.clone(), creator_uid: creator_of(ev), ts_ms: ev.time.0, cot_xml: cot.clone(), groups: m.facts.group.iter().cloned().collect(), ..Change::new(name, ChangeType::AddContent) };
             // the item and its change together, or neither
             self.record_local_with(Some((name, &ev.uid)), c)?;
         }

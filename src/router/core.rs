@@ -186,7 +186,11 @@ impl Router {
     fn handle(&mut self, cmd: Cmd, now: Instant) {
         match cmd {
             Cmd::Attach(p) => self.attach(p),
-            Cmd::Detach(id) => self.detach(id),
+            Cmd::Detach(id) => {
+                for m in self.detach(id) {
+                    self.route(&m, now);
+                }
+            }
             Cmd::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
@@ -203,11 +207,24 @@ impl Router {
         self.peers.push(Peer { info: p, limiter: RateLimiter::default() });
     }
 
-    pub fn detach(&mut self, id: LinkId) {
+    /// Removes peer `id`. A TAK client that disconnects has left: returns the `t-x-d-d` TAK
+    /// Server sends for it (to route), so other clients and federates drop the contact.
+    pub fn detach(&mut self, id: LinkId) -> Vec<Arc<Message>> {
+        let client = self.peers.iter().any(|p| p.info.id == id && matches!(p.info.transport, "tcp" | "tls"));
         self.peers.retain(|p| p.info.id != id);
         self.by_callsign.drop_link(id);
         self.by_uid.drop_link(id);
-        self.latest_sa.retain(|_, m| m.origin != id);
+        let mut left = vec![];
+        self.latest_sa.retain(|_, m| {
+            if m.origin != id {
+                return true;
+            }
+            if client {
+                left.push(Arc::new(Message::new(crate::cot::control::departed(&m.event.uid, &m.event.cot_type, CotTime::now()), id)));
+            }
+            false
+        });
+        left
     }
 
     pub fn stats(&self) -> Vec<PeerStats> {

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod corpus;
 pub mod py;
+pub mod tak;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
