@@ -760,6 +760,17 @@ mod tests {
     }
 
     #[test]
+    fn federation_v1_has_no_idle_timeout_by_default() {
+        // v1 has no heartbeat: a quiet link is not a dead one (TCP keepalive finds those), and
+        // each drop makes TAK Server delete and re-add every contact.
+        let f = std::env::current_exe().unwrap().display().to_string();
+        let l = link(&format!("name='f'\ntransport='federation-v1'\nmode='connect'\naddress='h:9000'\nca='{f}'\ncert='{f}'\nkey='{f}'\n")).unwrap();
+        let LinkKind::FederationV1(f) = &l.kind else { panic!("{:?}", l.kind) };
+        let FedVersion::V1 { opts, .. } = &f.version else { panic!() };
+        assert_eq!(opts.idle_timeout_secs, None);
+    }
+
+    #[test]
     fn kinds_and_modes() {
         let l = link("name='a'\ntransport='tcp'\nmode='connect'\naddress='h:1'\nreconnect_min_secs=1\n").unwrap();
         assert_eq!((l.transport(), l.mode(), l.address()), (Transport::Tcp, Mode::Connect, "h:1".to_string()));
