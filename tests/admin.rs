@@ -233,17 +233,29 @@ async fn links_missions_openapi_and_metrics() {
         assert!(st != 405 && (st != 404 || p.contains("424242")), "{method} {p}: {st}");
     }
     assert_eq!(http(addr, "GET", "/api/nothing", Some(TOKEN), None).await.0, 404);
-    // Prometheus.
+    // Prometheus: the Prometheus project's own OpenMetrics parser reads it, every family
+    // in one group, with the names and labels of before.
     let (st, text) = http(addr, "GET", "/metrics", Some(TOKEN), None).await;
     assert_eq!(st, 200);
-    let value = |prefix: &str| -> f64 { text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{prefix} missing:\n{text}")) };
-    assert!(value("takgate_events_in_total{link=\"c\",transport=\"tcp\"}") >= 6.0);
-    assert!(value("takgate_events_out_total{link=\"c\",transport=\"tcp\"}") >= 6.0);
-    assert_eq!(value("takgate_peers{link=\"c\"}"), 2.0);
-    assert!(value("takgate_delivery_latency_seconds_count") >= 1.0);
-    assert!(value("takgate_delivery_latency_seconds_bucket{le=\"+Inf\"}") >= 1.0);
-    assert!(text.contains("takgate_drops_total{link=\"c\",transport=\"tcp\",reason=\"queue_full\"} 0"));
-    assert!(text.contains("# TYPE takgate_router_routed_total counter"));
+    let families = parse_metrics(&text);
+    let family = |name: &str| families.iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("family {name} missing:\n{text}"));
+    let sample = |fam: &str, sample: &str, labels: serde_json::Value| -> f64 {
+        let f = family(fam);
+        f["samples"].as_array().unwrap().iter().find(|s| s[0] == sample && s[1] == labels).and_then(|s| s[2].as_f64()).unwrap_or_else(|| panic!("{sample} {labels} missing in {f}"))
+    };
+    let c_tcp = json!({"link": "c", "transport": "tcp"});
+    assert_eq!(family("takgate_events_in")["type"], "counter");
+    assert!(sample("takgate_events_in", "takgate_events_in_total", c_tcp.clone()) >= 6.0);
+    assert!(sample("takgate_events_out", "takgate_events_out_total", c_tcp.clone()) >= 6.0);
+    assert_eq!(family("takgate_peers")["type"], "gauge");
+    assert_eq!(sample("takgate_peers", "takgate_peers", json!({"link": "c"})), 2.0);
+    assert_eq!(sample("takgate_queue_depth", "takgate_queue_depth", json!({"link": "c"})), 0.0);
+    assert_eq!(family("takgate_delivery_latency_seconds")["type"], "histogram");
+    assert!(sample("takgate_delivery_latency_seconds", "takgate_delivery_latency_seconds_count", json!({})) >= 1.0);
+    assert!(sample("takgate_delivery_latency_seconds", "takgate_delivery_latency_seconds_bucket", json!({"le": "+Inf"})) >= 1.0);
+    assert_eq!(sample("takgate_drops", "takgate_drops_total", json!({"link": "c", "transport": "tcp", "reason": "queue_full"})), 0.0);
+    assert!(sample("takgate_router_routed", "takgate_router_routed_total", json!({})) >= 6.0);
+    assert_eq!(sample("takgate_router_direct_unknown", "takgate_router_direct_unknown_total", json!({})), 0.0);
     a.shutdown().await;
 }
 
@@ -283,4 +295,21 @@ async fn admin_api_over_mutual_tls() {
     // Plain HTTP on the HTTPS port gets nothing.
     assert_eq!(http(addr, "GET", "/api/health", None, None).await.0, 0);
     a.shutdown().await;
+}
+
+/// Families of `/metrics` as the Prometheus Python client's strict OpenMetrics parser reads
+/// them (tests/py/metrics_check.py); fails the test with the parser's message.
+fn parse_metrics(text: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(common::py::python())
+        .arg(common::py::script("metrics_check.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start metrics_check.py");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the OpenMetrics parser refuses /metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

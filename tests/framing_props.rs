@@ -65,3 +65,79 @@ proptest! {
         prop_assert_eq!(out, want);
     }
 }
+
+/// Reads `wire` into a decoder the way the links do (`read_buffer`, then as many bytes as
+/// the spare capacity takes), at the given cut sizes, taking frames as they complete.
+/// Returns the largest capacity seen and the bytes received by then.
+/// `take` returns false when the link would close (a v1 frame over the limit).
+fn worst_capacity(wire: &[u8], cuts: &[usize], mut read_buffer: impl FnMut() -> (usize, usize), mut put: impl FnMut(&[u8]), mut take: impl FnMut() -> bool) -> Vec<(usize, usize)> {
+    let (mut pos, mut i, mut seen) = (0, 0, vec![]);
+    while pos < wire.len() {
+        let (spare, _) = read_buffer();
+        let n = cuts[i % cuts.len()].min(wire.len() - pos).min(spare.max(1));
+        put(&wire[pos..pos + n]);
+        pos += n;
+        i += 1;
+        let open = take();
+        seen.push((read_buffer().1, pos));
+        if !open {
+            break;
+        }
+    }
+    seen
+}
+
+/// A length header, a varint claiming up to 2^35 bytes, or a v1 length up to 4 GiB, then a
+/// few bytes: what a peer only claims.
+fn claims() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        (0u64..(1 << 35)).prop_map(|n| {
+            let mut v = vec![0xbf];
+            prost::encoding::encode_varint(n, &mut v);
+            v
+        }),
+        any::<u32>().prop_map(|n| n.to_be_bytes().to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Buffers grow with the bytes that arrived, never with a length a header claims: the
+    /// capacity stays within a constant factor of what was received (plus one read chunk).
+    #[test]
+    fn buffers_grow_with_bytes_received_not_with_claimed_lengths(head in claims(), tail in proptest::collection::vec(any::<u8>(), 0..20_000), cuts in proptest::collection::vec(1usize..5000, 1..20)) {
+        let mut wire = head.clone();
+        wire.extend_from_slice(&tail);
+        let bound = |received: usize| 2 * received + 64 * 1024;
+        // the stream decoder (TCP, TLS, stream protobuf)
+        let dec = std::cell::RefCell::new(StreamDecoder::new(8 << 20));
+        let seen = worst_capacity(&wire, &cuts, || {
+            let mut d = dec.borrow_mut();
+            let b = d.read_buffer();
+            (b.capacity() - b.len(), b.capacity())
+        }, |x| dec.borrow_mut().buffer_mut().extend_from_slice(x), || {
+            while dec.borrow_mut().next_frame().is_some() {}
+            true
+        });
+        for (cap, received) in seen {
+            prop_assert!(cap <= bound(received), "stream decoder: capacity {} after {} bytes", cap, received);
+        }
+        // federation v1 frames (4-byte length)
+        let v1 = std::cell::RefCell::new(takgate::federation::v1::Decoder::new(64 << 20));
+        let seen = worst_capacity(&wire, &cuts, || {
+            let mut d = v1.borrow_mut();
+            let b = d.read_buffer();
+            (b.capacity() - b.len(), b.capacity())
+        }, |x| v1.borrow_mut().buffer_mut().extend_from_slice(x), || loop {
+            match v1.borrow_mut().next_frame() {
+                None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        });
+        for (cap, received) in seen {
+            prop_assert!(cap <= bound(received), "v1 decoder: capacity {} after {} bytes", cap, received);
+        }
+    }
+}

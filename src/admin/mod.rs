@@ -161,7 +161,7 @@ async fn mission_changes(State(st): St, Path(name): Path<String>) -> Response {
 }
 
 async fn metrics(State(st): St) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&st.control).await).into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(&st.control).await).into_response()
 }
 
 async fn openapi() -> Json<Value> {

@@ -68,8 +68,13 @@ const FD_RESERVE: u64 = 128;
 /// The default connection ceiling of a listener, and the file-descriptor limit it comes from.
 pub fn default_max_connections() -> (usize, u64) {
     let nofile = nofile_limit();
-    ((nofile.saturating_sub(FD_RESERVE)).max(64) as usize, nofile)
+    ((nofile.saturating_sub(FD_RESERVE)).clamp(64, DEFAULT_MAX_CONNECTIONS) as usize, nofile)
 }
+
+/// The most connections a listener takes without `max_connections`, however many file
+/// descriptors there are: an idle connection costs about 20 KiB (RELIABILITY.md), so one
+/// host on the LAN cannot take the gateway's memory with connections alone.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 
 /// The soft RLIMIT_NOFILE of this process.
 fn nofile_limit() -> u64 {
@@ -141,7 +146,7 @@ impl Limits {
     pub fn for_listener(l: &crate::config::link::ListenLimits, tls: Option<&crate::config::link::TlsListen>, link: &str) -> Limits {
         let max = l.max_connections.map(|c| c.0).unwrap_or_else(|| {
             let (n, nofile) = default_max_connections();
-            tracing::info!(link, max_connections = n, nofile, "accepting at most {n} connections at once (from the file-descriptor limit {nofile}; set max_connections to change it)");
+            tracing::info!(link, max_connections = n, nofile, "accepting at most {n} connections at once (the default: at most {DEFAULT_MAX_CONNECTIONS}, within the file-descriptor limit {nofile}; set max_connections to change it)");
             n
         });
         let count = |c: Option<crate::config::link::Count>| c.map(|c| c.0);

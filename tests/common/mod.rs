@@ -57,6 +57,8 @@ pub struct Client {
     pub control: Vec<Control>,
     /// Frames received, by kind: (XML, protobuf).
     pub frames: (usize, usize),
+    /// Events read while negotiating, returned by `recv` first.
+    pending: std::collections::VecDeque<CotEvent>,
 }
 
 impl Client {
@@ -67,7 +69,7 @@ impl Client {
     }
 
     pub fn over(io: Pin<Box<dyn Io>>) -> Client {
-        Client { io, dec: StreamDecoder::new(1 << 20), format: WireFormat::Xml, control: vec![], frames: (0, 0) }
+        Client { io, dec: StreamDecoder::new(1 << 20), format: WireFormat::Xml, control: vec![], frames: (0, 0), pending: Default::default() }
     }
 
     pub async fn send(&mut self, ev: &CotEvent) {
@@ -83,6 +85,13 @@ impl Client {
     /// The next non-control event, or None after `wait` of silence. What the gateway sends
     /// must frame and decode: anything else fails the test.
     pub async fn recv(&mut self, wait: Duration) -> Option<CotEvent> {
+        match self.pending.pop_front() {
+            Some(ev) => Some(ev),
+            None => self.read_event(wait).await,
+        }
+    }
+
+    async fn read_event(&mut self, wait: Duration) -> Option<CotEvent> {
         loop {
             while let Some(f) = self.dec.next_frame() {
                 let f = f.unwrap_or_else(|e| panic!("the gateway sent bytes that do not frame: {e}"));
@@ -118,12 +127,16 @@ impl Client {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.control.iter().any(|c| matches!(c, Control::Offer(v) if v.contains(&1))) {
             assert!(tokio::time::Instant::now() < deadline, "no offer");
-            self.recv(Duration::from_millis(100)).await;
+            if let Some(ev) = self.read_event(Duration::from_millis(100)).await {
+                self.pending.push_back(ev);
+            }
         }
         self.send(&control::request("test-client", CotTime::now(), 1)).await;
         while !self.control.contains(&Control::Response(true)) {
             assert!(tokio::time::Instant::now() < deadline, "no response");
-            self.recv(Duration::from_millis(100)).await;
+            if let Some(ev) = self.read_event(Duration::from_millis(100)).await {
+                self.pending.push_back(ev);
+            }
         }
         self.format = WireFormat::ProtoStream;
     }
