@@ -249,7 +249,8 @@ async fn half_frames_that_stall_harm_no_one_and_time_out() {
     assert_eq!(closed, 2, "both half-frame senders closed");
     let c = gw.counters("c").unwrap().snapshot();
     assert_eq!(c.idle_timeouts, 2, "{c:?}");
-    assert_eq!(gw.router().stats().await.len(), 2, "a and b are still connected");
+    // (a closed connection leaves the router a moment after its socket closes)
+    assert_eq!(common::peers_settle_at(&gw, 2).await, 2, "a and b are still connected");
     gw.shutdown().await;
 }
 
