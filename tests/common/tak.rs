@@ -460,6 +460,20 @@ impl Svc {
         self.inner.with(|st| st.calls.push((rpc, Instant::now(), self.conn)));
     }
 
+    /// Reads a client-streaming call's messages with `each` until it ends or the
+    /// connection closes.
+    fn read_all<T: Send + 'static>(&self, mut s: Streaming<T>, each: fn(&Svc, T)) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = me.close.cancelled() => return,
+                    m = s.message() => match m { Ok(Some(x)) => each(&me, x), _ => return },
+                }
+            }
+        });
+    }
+
     fn session_reply(&self) -> Subscription {
         let id = format!("{}", 0x5e55_0000_0000u64 + self.conn);
         Subscription { filter: String::new(), identity: Some(Identity { r#type: identity::ConnectionType::FederationTakServer as i32, server_id: "tak-conformance".into(), name: id.clone(), uid: id, ..Default::default() }), version: None }
@@ -804,15 +818,7 @@ impl FederatedChannel for Svc {
         if duplicate {
             return Err(Status::unknown("duplicate federate connection"));
         }
-        let (me, mut s) = (self.clone(), r.into_inner());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = me.close.cancelled() => return,
-                    m = s.message() => match m { Ok(Some(fe)) => me.receive_event(fe), _ => return },
-                }
-            }
-        });
+        self.read_all(r.into_inner(), Svc::receive_event);
         Ok(Response::new(reply_and_hold(self.session_reply(), self.close.clone())))
     }
 
@@ -872,15 +878,7 @@ impl FederatedChannel for Svc {
     type ServerROLStreamStream = Out<Subscription>;
     async fn server_rol_stream(&self, r: Request<Streaming<Rol>>) -> Result<Response<Self::ServerROLStreamStream>, Status> {
         self.record("ServerROLStream");
-        let (me, mut s) = (self.clone(), r.into_inner());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = me.close.cancelled() => return,
-                    m = s.message() => match m { Ok(Some(rol)) => me.receive_rol(rol), _ => return },
-                }
-            }
-        });
+        self.read_all(r.into_inner(), Svc::receive_rol);
         Ok(Response::new(reply_and_hold(self.session_reply(), self.close.clone())))
     }
 
@@ -901,15 +899,8 @@ impl FederatedChannel for Svc {
     type ClientFederateGroupsStreamStream = Out<Subscription>;
     async fn client_federate_groups_stream(&self, r: Request<Streaming<FederateGroups>>) -> Result<Response<Self::ClientFederateGroupsStreamStream>, Status> {
         self.record("ClientFederateGroupsStream");
-        let (close, mut s) = (self.close.clone(), r.into_inner());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = close.cancelled() => return,
-                    m = s.message() => if !matches!(m, Ok(Some(_))) { return },
-                }
-            }
-        });
+        // the remote groups are suggestions in TAK's UI: read and let go
+        self.read_all(r.into_inner(), |_, _| {});
         Ok(Response::new(reply_and_hold(self.session_reply(), self.close.clone())))
     }
     async fn get_auth_token_by_x509(&self, _r: Request<BinaryBlob>) -> Result<Response<FederateTokenResponse>, Status> {
