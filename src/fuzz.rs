@@ -102,5 +102,5 @@ pub fn rol(data: &[u8]) {
 
 /// OpenTAKServer's bus envelope.
 pub fn ots_envelope(data: &[u8]) {
-    let _ = crate::transport::amqp::decode_ots(data, "takgate-fuzz");
+    let _ = crate::transport::ots::decode_envelope(data);
 }

@@ -320,13 +320,34 @@ section! {
 }
 
 section! {
-    /// OpenTAKServer's bus.
+    /// OpenTAKServer: its bus (read), its TCP CoT port and its Marti API (written).
     OtsOpts, "amqp links with amqp_mode = \"opentakserver\"" {
-        /// Deliver with routing key `<group>.OUT` on `groups` (default `__ANON__`).
+        /// The takgate group given to what comes from OpenTAKServer, and the OTS group
+        /// what takgate delivers lands in (default and, over TCP CoT, only `__ANON__`).
         ots_group: Option<String>,
-        /// Also publish to `cot_parser` so OTS stores the events.
+        /// OpenTAKServer's TCP CoT port (eud_handler), where each takgate-side contact is
+        /// a client of its own (default: the broker's host, port 8088).
+        ots_cot: Option<String>,
+        /// OpenTAKServer's API, for missions (default `http://<broker host>:8081`).
+        ots_api: Option<String>,
+        /// A certificate issued by OpenTAKServer's CA for an OTS user with the
+        /// administrator role (PEM), sent as nginx does (`X-Ssl-Cert`). Without it,
+        /// missions are not applied to OpenTAKServer.
+        ots_api_cert: Option<PathBuf>,
+        /// The callsign of takgate's own client on OpenTAKServer (default: the node id).
+        ots_callsign: Option<String>,
+        /// At most this many takgate-side contacts are clients on OpenTAKServer at once
+        /// (each costs OTS a process); beyond, events go as takgate's own (default 500).
+        ots_max_clients: Option<Count>,
+        /// Seconds a new client connection waits before its first event (OTS 1.7.14's
+        /// eud_handler misses the first contact otherwise; default 3).
+        ots_register_delay_secs: Option<Secs>,
+        /// How often OpenTAKServer's missions are listed through its API, to learn the ones
+        /// created there (OTS announces a creation only to its creator's groups; default 10).
+        ots_poll_secs: Option<Secs>,
+        /// Earlier versions: publish to `cot_parser`. No longer needed (kept so old files load).
         persist: Option<bool>,
-        /// OTS_NODE_ID from ~/ots/config.yml (required with persist).
+        /// Earlier versions: OTS_NODE_ID for `persist`. No longer needed.
         ots_node_id: Option<String>,
     }
 }
@@ -573,6 +594,13 @@ impl LinkConfig {
             }
             ignored.push(format!("{at}: {k} has no effect on a {} link{mode}{}", transport.as_str(), applies(k)));
         }
+        if let LinkKind::Amqp(AmqpLink { kind: AmqpKind::Opentakserver(o), .. }) = &kind {
+            for (k, set) in [("persist", o.persist.is_some()), ("ots_node_id", o.ots_node_id.is_some())] {
+                if set {
+                    ignored.push(format!("{at}: {k} is no longer needed: takgate delivers into OpenTAKServer as its own clients do, so OTS stores everything with its sender"));
+                }
+            }
+        }
         let l = LinkConfig { name: c.name, enabled: c.enabled.unwrap_or(true), queue_depth: c.queue_depth.map(|q| q.0), overflow: c.overflow, policy: c.policy, kind, ignored };
         l.check().map_err(bad)?;
         Ok(l)
@@ -714,7 +742,10 @@ impl LinkConfig {
             }
             LinkKind::Multicast(m) if m.multicast.ttl.is_some_and(|t| t > 255) => Err("ttl: must be 0..=255".into()),
             LinkKind::Amqp(a) => match &a.kind {
-                AmqpKind::Opentakserver(o) if o.persist == Some(true) && o.ots_node_id.is_none() => Err("persist needs ots_node_id (OpenTAKServer's OTS_NODE_ID): other envelope uids fail its euds foreign key".into()),
+                AmqpKind::Opentakserver(o) => match &o.ots_api_cert {
+                    Some(p) if !p.exists() => Err(format!("ots_api_cert: {}: no such file", p.display())),
+                    _ => Ok(()),
+                },
                 _ => Ok(()),
             },
             _ => Ok(()),
@@ -810,8 +841,11 @@ mod tests {
         assert!(e.contains("policy.sync_cot"), "{e}");
         let e = link("name='a'\ntransport='federation-v2'\naddress='0.0.0.0:1'\n").unwrap_err();
         assert!(e.contains("ca, cert and key are required"), "{e}");
-        let e = link("name='a'\ntransport='amqp'\naddress='amqp://u:secret@h'\namqp_mode='opentakserver'\npersist=true\n").unwrap_err();
-        assert!(e.contains("ots_node_id"), "{e}");
+        let e = link("name='a'\ntransport='amqp'\naddress='amqp://u:secret@h'\namqp_mode='opentakserver'\nots_api_cert='/nonexistent/cert.pem'\n").unwrap_err();
+        assert!(e.contains("ots_api_cert") && e.contains("no such file"), "{e}");
+        // keys of the bus-only design still load, with a warning
+        let l = link("name='a'\ntransport='amqp'\naddress='amqp://u:secret@h'\namqp_mode='opentakserver'\npersist=true\nots_node_id='N'\n").unwrap();
+        assert!(l.ignored.len() == 2 && l.ignored[0].contains("persist is no longer needed"), "{:?}", l.ignored);
     }
 
     #[test]

@@ -100,6 +100,13 @@ pub fn unescape_text(raw: &str) -> String {
 
 /// Appends `v` to `out` escaped for a double-quoted attribute (newlines and tabs as
 /// character references, so they survive attribute-value normalisation).
+/// `v` escaped for an XML attribute value, as a string.
+pub fn escape_attr_string(v: &str) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    escape_attr(v, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 pub fn escape_attr(v: &str, out: &mut Vec<u8>) {
     let bytes = v.as_bytes();
     let mut last = 0;

@@ -3,7 +3,7 @@
 //! federate's change is applied (written as TAK Server and OTS write them).
 
 use crate::cot::{fragment, CotEvent, CotTime};
-use crate::store::{Change, ChangeType};
+use crate::store::{Change, ChangeType, MissionMeta};
 
 /// The changes a `t-x-m-c` announcement carries.
 pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
@@ -24,7 +24,11 @@ pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
         let ts = CotTime::parse(&text("timestamp")).map(|t| t.0).unwrap_or(ev.time.0);
         // Types TAK has no ROL for are not recorded (never sent on as "CHANGE").
         if let (false, Ok(t)) = (name.is_empty(), text("type").parse::<ChangeType>()) {
-            out.push(Change { content_uid: text("contentUid"), content_hash: xml_hash(body), creator_uid: text("creatorUid"), ts_ms: ts, is_federated: text("isFederatedChange") == "true", ..Change::new(&name, t) });
+            // A file's contentUid is the file's uid, not a CoT item's.
+            let hash = xml_hash(body);
+            let uid = if body.contains("<contentResource>") { String::new() } else { text("contentUid") };
+            let meta = MissionMeta { guid: fragment::find_attr(d, "mission", "guid").unwrap_or_default(), tool: fragment::find_attr(d, "mission", "tool").unwrap_or_default(), ..Default::default() };
+            out.push(Change { content_uid: uid, content_hash: hash, creator_uid: text("creatorUid"), ts_ms: ts, is_federated: text("isFederatedChange") == "true", mission_meta: Some(meta), ..Change::new(&name, t) });
         }
         rest = &after[end..];
     }

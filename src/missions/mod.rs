@@ -155,16 +155,10 @@ impl Missions {
             return Ok(());
         }
         let ev = &m.event;
-        let t = ev.cot_type.as_str();
-        let changes = if t.starts_with("t-x-m-c") && !t.starts_with("t-x-m-c-l") {
-            parse_announcement(ev)
-        } else if t == "t-x-m-n" || t == "t-x-m-d" {
-            mission_notice(ev).into_iter().collect()
-        } else if !t.starts_with("t-x-m") {
+        if !ev.cot_type.starts_with("t-x-m") {
             return self.intake_items(m);
-        } else {
-            vec![]
-        };
+        }
+        let changes = announced_changes(ev);
         let groups: Vec<String> = m.facts.group.iter().cloned().collect();
         for c in changes {
             let c = Change { groups: groups.clone(), ..c };
@@ -187,7 +181,8 @@ impl Missions {
                 self.store.set_item_cot(name, &ev.uid, &cot)?;
                 continue;
             }
-            let c = Change { content_uid: ev.uid.clone(), creator_uid: creator_of(ev), ts_ms: ev.time.0, cot_xml: cot.clone(), groups: m.facts.group.iter().cloned().collect(), ..Change::new(name, ChangeType::AddContent) };
+            let creator = m.sender.clone().unwrap_or_else(|| creator_of(ev));
+            let c = Change { content_uid: ev.uid.clone(), creator_uid: creator, ts_ms: ev.time.0, cot_xml: cot.clone(), groups: m.facts.group.iter().cloned().collect(), ..Change::new(name, ChangeType::AddContent) };
             // the item and its change together, or neither
             self.record_local_with(Some((name, &ev.uid)), c)?;
         }
@@ -413,6 +408,19 @@ fn wants(s: &Server, mission: &str) -> bool {
 
 /// The change a `t-x-m-n` (created) or `t-x-m-d` (deleted) notice carries, with the
 /// mission's guid, creator and tool.
+/// The mission changes an announcement carries: `t-x-m-c` (changes), `t-x-m-n` (created),
+/// `t-x-m-d` (deleted); none for other types (log entries, invitations).
+pub fn announced_changes(ev: &CotEvent) -> Vec<Change> {
+    let t = ev.cot_type.as_str();
+    if t.starts_with("t-x-m-c") && !t.starts_with("t-x-m-c-l") {
+        parse_announcement(ev)
+    } else if t == "t-x-m-n" || t == "t-x-m-d" {
+        mission_notice(ev).into_iter().collect()
+    } else {
+        vec![]
+    }
+}
+
 fn mission_notice(ev: &CotEvent) -> Option<Change> {
     let d = &ev.detail.xml;
     let attr = |a: &str| fragment::find_attr(d, "mission", a).unwrap_or_default();
@@ -421,7 +429,7 @@ fn mission_notice(ev: &CotEvent) -> Option<Change> {
         return None;
     }
     let t = if ev.cot_type == "t-x-m-n" { ChangeType::CreateMission } else { ChangeType::DeleteMission };
-    let meta = MissionMeta { guid: attr("guid"), tool: attr("tool"), ..Default::default() };
+    let meta = MissionMeta { guid: attr("guid"), tool: attr("tool"), description: attr("description"), ..Default::default() };
     Some(Change { creator_uid: attr("authorUid"), ts_ms: ev.time.0, mission_meta: Some(meta), ..Change::new(&name, t) })
 }
 

@@ -168,13 +168,16 @@ pub struct Message {
     pub fed: Option<Box<FedMeta>>,
     pub received: Instant,
     pub facts: Facts,
+    /// The device that sent it, when the link knows better than the event (an
+    /// OpenTAKServer envelope's uid): a mission item's creator.
+    pub sender: Option<String>,
     encoded: [OnceLock<Bytes>; 3],
 }
 
 impl Message {
     pub fn new(event: CotEvent, origin: LinkId) -> Message {
         let facts = Facts::of(&event);
-        Message { event, origin, from_federate: false, fed: None, received: Instant::now(), facts, encoded: Default::default() }
+        Message { event, origin, from_federate: false, fed: None, received: Instant::now(), facts, sender: None, encoded: Default::default() }
     }
 
     /// The groups routing compares with `groups_out`: the federation groups when a federate

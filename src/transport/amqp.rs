@@ -1,16 +1,11 @@
 //! The `amqp` link (RabbitMQ with lapin), in two modes.
 //!
-//! * `opentakserver` (OTS 1.7.2+ bus layout, checked against 1.7.11–1.7.14): consume every
-//!   client event from the `firehose` fanout exchange and mission announcements from
-//!   `missions` through an exclusive, server-named queue; deliver into OTS by publishing
-//!   `{"uid": …, "cot": …}` to `groups` with routing key `<group>.OUT`, and to `cot_parser`
-//!   (with OTS's node id as envelope uid) when `persist` is on. OTS's exchanges are only
-//!   checked (passively), never created: if they are missing we say so and retry.
-//! * `cluster`: takgate nodes share one durable topic exchange. Each node publishes what
-//!   its local links receive (the router never hands a link its own input, so what came
-//!   from the broker is not published again), with routing key `cot.<group>.<type>` and its
-//!   node id in a header, and consumes a durable queue of its own bound with `bind_keys`;
-//!   its own messages are dropped by node id.
+//! * `opentakserver`: OpenTAKServer's federation engine, in [`super::ots`].
+//! * `cluster` (here): takgate nodes share one durable topic exchange. Each node publishes
+//!   what its local links receive (the router never hands a link its own input, so what
+//!   came from the broker is not published again), with routing key `cot.<group>.<type>`
+//!   and its node id in a header, and consumes a durable queue of its own bound with
+//!   `bind_keys`; its own messages are dropped by node id.
 //!
 //! Publisher confirms: an event leaves the buffer only when the broker acknowledged it.
 //! While the broker is unreachable events are buffered up to `buffer_events`, then dropped
@@ -28,26 +23,18 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::WireFormat;
 use crate::config::{AmqpKind, AmqpLink, AmqpMode, LinkConfig};
-use crate::cot::xml::{self, XML_DECL};
+use crate::cot::xml;
 use crate::link::backoff::Attempts;
 use crate::link::ingest::{ingest, Origin};
 use crate::link::{log_bad_input, Backoff, Codec, LinkCounters, LinkCtx, LinkStatus, StartError};
 use crate::missions::Missions;
 use crate::router::{Message, PeerInfo, PeerPolicy, RouterHandle};
 
-/// OpenTAKServer's exchanges (name, type), all durable.
-pub const OTS_FIREHOSE: (&str, ExchangeKind) = ("firehose", ExchangeKind::Fanout);
-pub const OTS_GROUPS: (&str, ExchangeKind) = ("groups", ExchangeKind::Topic);
-pub const OTS_MISSIONS: (&str, ExchangeKind) = ("missions", ExchangeKind::Topic);
-pub const OTS_COT_PARSER: (&str, ExchangeKind) = ("cot_parser", ExchangeKind::Direct);
-/// OpenTAKServer's message TTL (OTS_RABBITMQ_TTL, ms).
-const OTS_EXPIRATION: &str = "86400000";
 /// Header carrying the publishing node's id in cluster mode.
 pub const NODE_HEADER: &str = "takgate-node";
 
@@ -55,14 +42,9 @@ pub const NODE_HEADER: &str = "takgate-node";
 pub struct AmqpSettings {
     pub link: String,
     pub url: String,
-    pub mode: AmqpMode,
     pub node_id: String,
     pub exchange: String,
     pub bind_keys: Vec<String>,
-    pub group: String,
-    pub persist: bool,
-    pub ots_node_id: Option<String>,
-    pub uid: String,
     pub buffer: usize,
     pub queue_depth: usize,
     pub backoff: Backoff,
@@ -76,21 +58,14 @@ pub struct AmqpSettings {
 impl AmqpSettings {
     fn new(l: &LinkConfig, a: &AmqpLink, ctx: &LinkCtx, missions: &Arc<Missions>) -> Result<AmqpSettings, String> {
         let node_id = ctx.router.node_id.to_string();
-        let (exchange, bind_keys, group, persist, ots_node_id) = match &a.kind {
-            AmqpKind::Cluster(c) => (c.exchange.clone().unwrap_or_else(|| "takgate".into()), c.bind_keys.clone(), String::new(), false, None),
-            AmqpKind::Opentakserver(o) => (String::new(), vec![], o.ots_group.clone().unwrap_or_else(|| "__ANON__".into()), o.persist.unwrap_or(false), o.ots_node_id.clone()),
-        };
+        let AmqpKind::Cluster(c) = &a.kind else { return Err("not a cluster link".into()) };
+        let (exchange, bind_keys) = (c.exchange.clone().unwrap_or_else(|| "takgate".into()), c.bind_keys.clone());
         Ok(AmqpSettings {
             link: l.name.clone(),
             url: a.url.clone(),
-            mode: a.mode(),
-            uid: a.opts.amqp_uid.clone().unwrap_or_else(|| format!("takgate-{node_id}")),
             node_id,
             exchange,
             bind_keys,
-            group,
-            persist,
-            ots_node_id,
             buffer: a.opts.buffer_events.map(|c| c.0).unwrap_or(100_000),
             queue_depth: l.queue_depth.unwrap_or(ctx.queue_depth),
             backoff: Backoff::from_config(&a.reconnect, 0.5, 30.0),
@@ -103,31 +78,14 @@ impl AmqpSettings {
 
 /// Starts an amqp link.
 pub fn start(l: &LinkConfig, a: &AmqpLink, ctx: &LinkCtx, missions: &Arc<Missions>) -> Result<LinkStatus, StartError> {
+    if a.mode() == AmqpMode::Opentakserver {
+        return super::ots::start(l, a, ctx, missions);
+    }
     let s = Arc::new(AmqpSettings::new(l, a, ctx, missions).map_err(|e| StartError::new(&l.name, e))?);
     let status = LinkStatus { name: l.name.clone(), transport: l.transport(), mode: l.mode(), address: crate::config::redact_address(&a.url), local_addr: None, counters: s.counters.clone(), connection: None };
-    tracing::info!(link = %l.name, mode = ?s.mode, "amqp link starting");
+    tracing::info!(link = %l.name, exchange = %s.exchange, "amqp cluster link starting");
     ctx.tracker.spawn(run(s, ctx.router.clone(), ctx.cancel.clone()));
     Ok(status)
-}
-
-/// OpenTAKServer's envelope.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Envelope {
-    pub uid: Option<String>,
-    pub cot: Option<String>,
-}
-
-/// What an OpenTAKServer envelope (`{"uid": …, "cot": "<event…>"}`) carries: None for our
-/// own envelopes and for disconnect notices (no `cot`), else the event.
-pub fn decode_ots(data: &[u8], own_uid: &str) -> Result<Option<crate::cot::CotEvent>, String> {
-    let env: Envelope = serde_json::from_slice(data).map_err(|e| format!("not an OpenTAKServer envelope: {e}"))?;
-    if env.uid.as_deref() == Some(own_uid) {
-        return Ok(None);
-    }
-    match env.cot {
-        Some(c) => xml::decode(c.as_bytes()).map(Some).map_err(|e| e.to_string()),
-        None => Ok(None),
-    }
 }
 
 /// A routing key word: no '.', '*' or '#'.
@@ -199,15 +157,6 @@ fn buffer(s: &AmqpSettings, pending: &mut VecDeque<Arc<Message>>, m: Arc<Message
     }
 }
 
-/// Checks that an OpenTAKServer exchange exists (passive declare on a throwaway channel,
-/// since a failed passive declare closes the channel).
-async fn check_exchange(conn: &Connection, (name, kind): (&str, ExchangeKind)) -> Result<(), String> {
-    let ch = conn.create_channel().await.map_err(|e| err("channel", e))?;
-    let r = ch.exchange_declare(name.into(), kind.clone(), ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() }, FieldTable::default()).await;
-    let _ = ch.close(200, "ok".into()).await;
-    r.map_err(|e| format!("OpenTAKServer exchange {name:?} ({kind:?}, durable) is missing on the broker ({e}); is OpenTAKServer 1.7.2 or later running? takgate does not create OpenTAKServer's exchanges"))
-}
-
 async fn session(s: &AmqpSettings, router: &RouterHandle, id: u64, rx: &mut mpsc::Receiver<Arc<Message>>, pending: &mut VecDeque<Arc<Message>>, cancel: &CancellationToken) -> Result<(), String> {
     let conn = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
@@ -217,42 +166,20 @@ async fn session(s: &AmqpSettings, router: &RouterHandle, id: u64, rx: &mut mpsc
     publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| err("confirm_select", e))?;
     let consume = conn.create_channel().await.map_err(|e| err("channel", e))?;
     consume.basic_qos(256, BasicQosOptions::default()).await.map_err(|e| err("qos", e))?;
-    let queue = match s.mode {
-        AmqpMode::Opentakserver => {
-            for x in [OTS_FIREHOSE, OTS_GROUPS, OTS_MISSIONS] {
-                check_exchange(&conn, x).await?;
-            }
-            if s.persist {
-                check_exchange(&conn, OTS_COT_PARSER).await?;
-            }
-            let q = consume
-                .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
-                .await
-                .map_err(|e| err("queue_declare", e))?;
-            let name = q.name().clone();
-            consume.queue_bind(name.clone(), OTS_FIREHOSE.0.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("bind firehose", e))?;
-            for key in ["missions", "missions.#"] {
-                consume.queue_bind(name.clone(), OTS_MISSIONS.0.into(), key.into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("bind missions", e))?;
-            }
-            name
-        }
-        AmqpMode::Cluster => {
-            publish
-                .exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-                .await
-                .map_err(|e| err("exchange_declare", e))?;
-            // A durable queue per node: what others publish while this node reconnects waits.
-            let qname = format!("{}.{}", s.exchange, s.node_id);
-            let q = consume.queue_declare(qname.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.map_err(|e| err("queue_declare", e))?;
-            let keys = if s.bind_keys.is_empty() { vec!["cot.#".to_string()] } else { s.bind_keys.clone() };
-            for k in keys {
-                consume.queue_bind(q.name().clone(), s.exchange.as_str().into(), k.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("queue_bind", e))?;
-            }
-            q.name().clone()
-        }
-    };
+    publish
+        .exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .await
+        .map_err(|e| err("exchange_declare", e))?;
+    // A durable queue per node: what others publish while this node reconnects waits.
+    let qname = format!("{}.{}", s.exchange, s.node_id);
+    let q = consume.queue_declare(qname.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.map_err(|e| err("queue_declare", e))?;
+    let keys = if s.bind_keys.is_empty() { vec!["cot.#".to_string()] } else { s.bind_keys.clone() };
+    for k in keys {
+        consume.queue_bind(q.name().clone(), s.exchange.as_str().into(), k.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(|e| err("queue_bind", e))?;
+    }
+    let queue = q.name().clone();
     let mut consumer = consume.basic_consume(queue, format!("takgate-{}", s.node_id).as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(|e| err("consume", e))?;
-    tracing::info!(link = %s.link, mode = ?s.mode, buffered = pending.len(), "broker connected");
+    tracing::info!(link = %s.link, buffered = pending.len(), "broker connected");
     let mut inflight: InFlight = VecDeque::new();
     let result = pump(s, router, id, rx, pending, cancel, &publish, &mut consumer, &mut inflight).await;
     // Whatever the broker did not confirm goes back to the front of the buffer, in order.
@@ -392,11 +319,6 @@ fn confirmed(s: &AmqpSettings, c: Confirmation, last_of_event: bool) -> Result<(
     }
 }
 
-fn xml_without_decl(m: &Message) -> &[u8] {
-    let b = m.encoded(WireFormat::Xml);
-    b.strip_prefix(XML_DECL).unwrap_or(b)
-}
-
 /// Takes the next buffered event and publishes it; on a failure it goes back to the front.
 async fn publish_next(s: &AmqpSettings, ch: &Channel, pending: &mut VecDeque<Arc<Message>>, inflight: &mut InFlight) -> Result<(), String> {
     let Some(m) = pending.pop_front() else { return Ok(()) };
@@ -407,31 +329,15 @@ async fn publish_next(s: &AmqpSettings, ch: &Channel, pending: &mut VecDeque<Arc
     Ok(())
 }
 
-/// Publishes one event (two messages for OpenTAKServer with `persist`) and queues its
-/// confirms.
+/// Publishes one event and queues its confirm.
 async fn publish_one(s: &AmqpSettings, ch: &Channel, m: &Arc<Message>, inflight: &mut InFlight) -> Result<(), String> {
     let mut confirms = Vec::with_capacity(2);
     let r = async {
-        match s.mode {
-            AmqpMode::Opentakserver => {
-                let cot = String::from_utf8_lossy(xml_without_decl(m)).into_owned();
-                let props = BasicProperties::default().with_expiration(OTS_EXPIRATION.into()).with_content_type("application/json".into());
-                let body = serde_json::to_vec(&Envelope { uid: Some(s.uid.clone()), cot: Some(cot.clone()) }).unwrap_or_default();
-                let rk = format!("{}.OUT", s.group);
-                confirms.push(ch.basic_publish(OTS_GROUPS.0.into(), rk.as_str().into(), BasicPublishOptions::default(), &body, props.clone()).await?);
-                if s.persist {
-                    let body = serde_json::to_vec(&Envelope { uid: s.ots_node_id.clone(), cot: Some(cot) }).unwrap_or_default();
-                    confirms.push(ch.basic_publish(OTS_COT_PARSER.0.into(), "cot_parser".into(), BasicPublishOptions::default(), &body, props).await?);
-                }
-            }
-            AmqpMode::Cluster => {
-                let mut headers = FieldTable::default();
-                headers.insert(NODE_HEADER.into(), AMQPValue::LongString(s.node_id.as_str().into()));
-                let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers).with_content_type("application/xml".into());
-                let key = cluster_key(m);
-                confirms.push(ch.basic_publish(s.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), m.encoded(WireFormat::Xml), props).await?);
-            }
-        }
+        let mut headers = FieldTable::default();
+        headers.insert(NODE_HEADER.into(), AMQPValue::LongString(s.node_id.as_str().into()));
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers).with_content_type("application/xml".into());
+        let key = cluster_key(m);
+        confirms.push(ch.basic_publish(s.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), m.encoded(WireFormat::Xml), props).await?);
         Ok::<(), lapin::Error>(())
     }
     .await;
@@ -449,30 +355,14 @@ async fn receive(s: &AmqpSettings, router: &RouterHandle, id: u64, data: &[u8], 
         let n = s.counters.decode_errors.fetch_add(1, Relaxed);
         log_bad_input(n, &s.link, &crate::config::redact_address(&s.url), what);
     };
-    let cot: std::borrow::Cow<'_, [u8]> = match s.mode {
-        AmqpMode::Opentakserver => {
-            match decode_ots(data, &s.uid) {
-                Ok(Some(ev)) => {
-                    record_mission(s, id, &ev);
-                    ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, ev, None).await;
-                }
-                Ok(None) => {}
-                Err(e) => bad(&e),
-            }
-            return;
-        }
-        AmqpMode::Cluster => {
-            let from = headers.and_then(|h| h.inner().get(&ShortString::from(NODE_HEADER))).and_then(|v| match v {
-                AMQPValue::LongString(l) => Some(l.to_string()),
-                _ => None,
-            });
-            if from.as_deref() == Some(s.node_id.as_str()) {
-                return;
-            }
-            data.into()
-        }
-    };
-    match xml::decode(&cot) {
+    let from = headers.and_then(|h| h.inner().get(&ShortString::from(NODE_HEADER))).and_then(|v| match v {
+        AMQPValue::LongString(l) => Some(l.to_string()),
+        _ => None,
+    });
+    if from.as_deref() == Some(s.node_id.as_str()) {
+        return;
+    }
+    match xml::decode(data) {
         Ok(ev) => {
             record_mission(s, id, &ev);
             ingest(router, Origin { id, policy: &s.policy, counters: &s.counters }, ev, None).await;

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod corpus;
 pub mod py;
+pub mod ots;
 pub mod tak;
 
 use std::net::SocketAddr;

@@ -1,0 +1,168 @@
+//! OpenTAKServer's Marti API, for missions: create a mission, add and remove its content,
+//! delete it. OpenTAKServer trusts the client certificate its nginx passes in `X-Ssl-Cert`
+//! (URL-encoded PEM) when it is signed by OTS's CA; takgate talks to the API port (8081)
+//! directly and sends the certificate the same way. Calls on one mission need the mission
+//! token OpenTAKServer returns when the mission is created or updated (`PUT
+//! /Marti/api/missions/<name>`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// A failed call, in words.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("OpenTAKServer API {0}: cannot connect: {1}")]
+    Connect(String, std::io::Error),
+    #[error("OpenTAKServer API {0}: {1}")]
+    Http(String, String),
+    #[error("OpenTAKServer API {method} {path}: {status} {body}")]
+    Status { method: &'static str, path: String, status: u16, body: String },
+    #[error("OpenTAKServer API: no response within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The API of one OpenTAKServer.
+#[derive(Debug)]
+pub struct Api {
+    /// host:port of the API listener (OTS_LISTENER_ADDRESS:OTS_LISTENER_PORT).
+    addr: String,
+    /// The certificate, URL-encoded as nginx puts it in `X-Ssl-Cert`.
+    cert_header: String,
+    /// Mission tokens by mission name.
+    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `application/x-www-form-urlencoded`-style escaping of a query value or path part.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Api {
+    /// `base`: `http://host:port`; `cert_pem`: the service certificate.
+    pub fn new(base: &str, cert_pem: &str) -> Result<Api, String> {
+        let addr = base.strip_prefix("http://").ok_or_else(|| format!("ots_api: {base:?}: takgate calls OpenTAKServer's API port over plain HTTP (http://host:8081), as its nginx does"))?;
+        let addr = addr.trim_end_matches('/').to_owned();
+        if addr.is_empty() || addr.contains('/') {
+            return Err(format!("ots_api: {base:?} is not http://host:port"));
+        }
+        Ok(Api { addr, cert_header: escape(cert_pem.trim_end()), tokens: Default::default() })
+    }
+
+    async fn call(&self, method: &'static str, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), ApiError> {
+        let r = tokio::time::timeout(TIMEOUT, self.call_once(method, path, token, body)).await;
+        r.unwrap_or(Err(ApiError::Timeout(TIMEOUT)))
+    }
+
+    async fn call_once(&self, method: &'static str, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), ApiError> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| ApiError::Connect(self.addr.clone(), e))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder().method(method).uri(path).header("host", &self.addr).header("X-Ssl-Cert", &self.cert_header).header("user-agent", concat!("takgate/", env!("CARGO_PKG_VERSION")));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let data = match &body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(data)).map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?;
+        let resp = send.send_request(req).await.map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?.to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect()));
+        if status >= 300 {
+            return Err(ApiError::Status { method, path: path.to_owned(), status, body: v.to_string().chars().take(300).collect() });
+        }
+        Ok((status, v))
+    }
+
+    /// Creates `name` (or updates it: OTS's PUT does both) with `creator_uid` (an EUD OTS
+    /// knows) and keeps its token. True when OTS created it.
+    pub async fn ensure_mission(&self, name: &str, creator_uid: &str, tool: &str, description: &str) -> Result<bool, ApiError> {
+        let mut path = format!("/Marti/api/missions/{}?creatorUid={}&tool={}", escape(name), escape(creator_uid), escape(if tool.is_empty() { "public" } else { tool }));
+        if !description.is_empty() {
+            path.push_str(&format!("&description={}", escape(description)));
+        }
+        let (status, v) = self.call("PUT", &path, None, None).await?;
+        if let Some(t) = v["data"][0]["token"].as_str() {
+            self.tokens.lock().await.insert(name.to_owned(), t.to_owned());
+        }
+        Ok(status == 201)
+    }
+
+    async fn token(&self, name: &str, creator_uid: &str) -> Result<String, ApiError> {
+        if let Some(t) = self.tokens.lock().await.get(name) {
+            return Ok(t.clone());
+        }
+        self.ensure_mission(name, creator_uid, "", "").await?;
+        self.tokens.lock().await.get(name).cloned().ok_or_else(|| ApiError::Http(name.to_owned(), "OpenTAKServer returned no mission token".into()))
+    }
+
+    /// Adds files (by hash) to a mission: OTS must hold them already.
+    pub async fn add_hashes(&self, name: &str, creator_uid: &str, hashes: &[String]) -> Result<(), ApiError> {
+        let token = self.token(name, creator_uid).await?;
+        let path = format!("/Marti/api/missions/{}/contents?creatorUid={}", escape(name), escape(creator_uid));
+        self.call("PUT", &path, Some(&token), Some(serde_json::json!({ "hashes": hashes }))).await.map(|_| ())
+    }
+
+    /// Adds CoT items (by uid) to a mission, as iTAK's Data Sync does.
+    pub async fn add_uids(&self, name: &str, creator_uid: &str, uids: &[String]) -> Result<(), ApiError> {
+        let token = self.token(name, creator_uid).await?;
+        let path = format!("/Marti/api/missions/{}/contents?creatorUid={}", escape(name), escape(creator_uid));
+        self.call("PUT", &path, Some(&token), Some(serde_json::json!({ "uids": uids }))).await.map(|_| ())
+    }
+
+    /// Removes a CoT item (uid) or a file (hash) from a mission.
+    pub async fn remove(&self, name: &str, creator_uid: &str, uid: &str, hash: &str) -> Result<(), ApiError> {
+        let token = self.token(name, creator_uid).await?;
+        let mut path = format!("/Marti/api/missions/{}/contents?creatorUid={}", escape(name), escape(creator_uid));
+        if !uid.is_empty() {
+            path.push_str(&format!("&uid={}", escape(uid)));
+        }
+        if !hash.is_empty() {
+            path.push_str(&format!("&hash={}", escape(hash)));
+        }
+        self.call("DELETE", &path, Some(&token), None).await.map(|_| ())
+    }
+
+    /// Deletes a mission (OpenTAKServer 1.7.14 answers 500: its foreign keys refuse it).
+    pub async fn delete_mission(&self, name: &str, creator_uid: &str) -> Result<(), ApiError> {
+        let token = self.token(name, creator_uid).await?;
+        let path = format!("/Marti/api/missions/{}?creatorUid={}", escape(name), escape(creator_uid));
+        let r = self.call("DELETE", &path, Some(&token), None).await.map(|_| ());
+        self.tokens.lock().await.remove(name);
+        r
+    }
+
+    /// Every mission of `tool` (OpenTAKServer lists one tool at a time; ATAK asks for
+    /// `public`).
+    pub async fn missions(&self, tool: &str) -> Result<Vec<Value>, ApiError> {
+        let path = format!("/Marti/api/missions?tool={}", escape(tool));
+        let (_, v) = self.call("GET", &path, None, None).await?;
+        Ok(v["data"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// A mission as OpenTAKServer shows it (`GET /Marti/api/missions/<name>`).
+    pub async fn mission(&self, name: &str) -> Result<Value, ApiError> {
+        let path = format!("/Marti/api/missions/{}", escape(name));
+        self.call("GET", &path, None, None).await.map(|(_, v)| v)
+    }
+}

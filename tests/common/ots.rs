@@ -1,0 +1,84 @@
+//! The live OpenTAKServer 1.7.14 instances `scripts/ots up` starts (scripts/test does):
+//! `a` on 127.0.0.2, `b` on 127.0.0.3, each with its RabbitMQ, API (8081), TCP CoT port
+//! (8088), PostgreSQL database `ots_<name>` and a takgate service certificate.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Client;
+
+pub struct Ots {
+    pub name: &'static str,
+    pub ip: &'static str,
+    pub home: PathBuf,
+}
+
+impl Ots {
+    /// The instance, which must be running.
+    pub fn get(name: &'static str) -> Ots {
+        let ip = match name {
+            "a" => "127.0.0.2",
+            "b" => "127.0.0.3",
+            _ => panic!("no OpenTAKServer instance {name}"),
+        };
+        let home = std::env::var_os("TAKGATE_OTS_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/takgate-ots")).join("run").join(name);
+        let o = Ots { name, ip, home };
+        for port in [5672, 8081, 8088] {
+            let a: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            assert!(
+                std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok(),
+                "OpenTAKServer instance {name} is not running ({a} does not answer): start it with `scripts/ots up` (the test command, scripts/test, does); logs in {}",
+                o.home.display()
+            );
+        }
+        o
+    }
+
+    pub fn amqp(&self) -> String {
+        format!("amqp://guest:guest@{}:5672", self.ip)
+    }
+    pub fn cot(&self) -> SocketAddr {
+        format!("{}:8088", self.ip).parse().unwrap()
+    }
+    pub fn api(&self) -> String {
+        format!("http://{}:8081", self.ip)
+    }
+    pub fn service_cert(&self) -> PathBuf {
+        self.home.join("takgate/cert.pem")
+    }
+
+    /// The `[[link]]` of takgate's OpenTAKServer link for this instance.
+    pub fn link(&self, name: &str, extra: &str) -> String {
+        format!("[[link]]\nname = \"{name}\"\ntransport = \"amqp\"\naddress = \"{}\"\namqp_mode = \"opentakserver\"\nots_api_cert = \"{}\"\nreconnect_min_secs = 0.2\n{extra}\n", self.amqp(), self.service_cert().display())
+    }
+
+    /// A client of OpenTAKServer on its TCP CoT port, registered as OTS's own EUDs are
+    /// (it waits for eud_handler's broker channel, then sends its position report).
+    pub async fn client(&self, sa: &takgate::cot::CotEvent) -> Client {
+        let mut c = Client::tcp(self.cot()).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        c.send(sa).await;
+        c
+    }
+
+    /// Rows of `sql` in this instance's database, each a line of `|`-separated fields.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let out = std::process::Command::new("psql").args(["-U", "postgres", "-h", "/var/run/postgresql", "-d", &format!("ots_{}", self.name), "-Atc", sql]).output().expect("psql");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+
+    /// A mission as OpenTAKServer's Marti API shows it.
+    pub async fn mission(&self, name: &str) -> serde_json::Value {
+        let pem = std::fs::read_to_string(self.service_cert()).unwrap();
+        let api = takgate::transport::ots::api::Api::new(&self.api(), &pem).unwrap();
+        api.mission(name).await.unwrap_or_else(|e| panic!("GET mission {name} on OTS {}: {e}", self.name))
+    }
+}
+
+/// A tag that makes uids and callsigns unique in the databases, which persist across runs.
+pub fn tag() -> String {
+    format!("{:06x}", fastrand::u32(..) & 0xff_ffff)
+}

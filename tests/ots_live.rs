@@ -1,0 +1,155 @@
+//! takgate as OpenTAKServer's federation engine, against a real, running OpenTAKServer
+//! 1.7.14 (scripts/ots up; the test command starts it): OTS's own clients on its TCP CoT
+//! port, its database and its Marti API are what the tests look at.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ots::{tag, Ots};
+use common::{eventually, gateway, pli, seq_of, Client};
+use takgate::cot::{CotEvent, CotTime};
+
+/// A GeoChat message as ATAK writes it: to All Chat Rooms, or (with `to`) to one contact.
+fn chat(from_uid: &str, from_cs: &str, to: Option<(&str, &str)>, text: &str) -> CotEvent {
+    let msg = takgate::cot::random_uid();
+    let (room, room_id) = match to {
+        Some((uid, cs)) => (cs.to_owned(), uid.to_owned()),
+        None => ("All Chat Rooms".to_owned(), "All Chat Rooms".to_owned()),
+    };
+    let mut ev = CotEvent::new(format!("GeoChat.{from_uid}.{room_id}.{msg}"), "b-t-f", "h-g-i-g-o", CotTime::now(), 60);
+    // ATAK puts the sender's position on its chat (OTS stores chat only with a point)
+    (ev.point.lat, ev.point.lon) = (10.5, 20.5);
+    let dest = to.map(|(_, cs)| format!(r#"<marti><dest callsign="{cs}"/></marti>"#)).unwrap_or_default();
+    ev.detail.xml = format!(
+        r#"<__chat parent="RootContactGroup" groupOwner="false" messageId="{msg}" chatroom="{room}" id="{room_id}" senderCallsign="{from_cs}"><chatgrp uid0="{from_uid}" uid1="{room_id}" id="{room_id}"/></__chat><link uid="{from_uid}" type="a-f-G-U-C" relation="p-p"/><remarks source="BAO.F.ATAK.{from_uid}" to="{room_id}" time="{}">{text}</remarks>{dest}"#,
+        CotTime::now()
+    );
+    ev
+}
+
+fn said(evs: &[CotEvent], text: &str) -> bool {
+    evs.iter().any(|e| e.cot_type == "b-t-f" && e.detail.xml.contains(text))
+}
+
+/// Position reports, group chat and direct chat both ways between OpenTAKServer's clients
+/// and takgate's; a direct message reaches only its addressee, on either side; what takgate
+/// delivers is stored by OpenTAKServer with its sender, and its chat in OTS's chat history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sa_group_chat_and_private_chat_both_ways_with_opentakserver() {
+    let ots = Ots::get("a");
+    let t = tag();
+    let (alpha, bravo, oscar, papa) = (format!("ANDROID-A-{t}"), format!("ANDROID-B-{t}"), format!("OTS-O-{t}"), format!("OTS-P-{t}"));
+    let (alpha_cs, bravo_cs, oscar_cs, papa_cs) = (format!("ALPHA{t}"), format!("BRAVO{t}"), format!("OSCAR{t}"), format!("PAPA{t}"));
+    let gw = gateway(&format!("[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n{}", ots.link("ots", ""))).await;
+    let c = gw.local_addr("c").unwrap();
+    let mut o = ots.client(&pli(&oscar, &oscar_cs, 1)).await;
+    let mut p = ots.client(&pli(&papa, &papa_cs, 1)).await;
+    let mut a = Client::tcp(c).await;
+    let mut b = Client::tcp(c).await;
+    a.send(&pli(&alpha, &alpha_cs, 1)).await;
+    b.send(&pli(&bravo, &bravo_cs, 1)).await;
+    // takgate's clients reach OTS's once their OTS clients are registered (a few seconds).
+    let mut seen = vec![];
+    for _ in 0..40 {
+        seen.extend(o.drain(Duration::from_millis(250)).await);
+        if seen.iter().any(|e| e.uid == alpha) && seen.iter().any(|e| e.uid == bravo) {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|e| e.uid == alpha && seq_of(e) == Some(1)), "alpha's report reached OTS's client: {:?}", seen.iter().map(|e| &e.uid).collect::<Vec<_>>());
+    // OTS's clients reach takgate's.
+    o.send(&pli(&oscar, &oscar_cs, 2)).await;
+    let got = a.drain(Duration::from_millis(2000)).await;
+    assert!(got.iter().any(|e| e.uid == oscar && seq_of(e) == Some(2)), "oscar's report reached alpha: {:?}", got.iter().map(|e| &e.uid).collect::<Vec<_>>());
+    // Group chat both ways.
+    a.send(&chat(&alpha, &alpha_cs, None, &format!("hello all from alpha {t}"))).await;
+    o.send(&chat(&oscar, &oscar_cs, None, &format!("hello all from oscar {t}"))).await;
+    let (on_o, on_p, on_b) = (o.drain(Duration::from_millis(2500)).await, p.drain(Duration::from_millis(300)).await, b.drain(Duration::from_millis(300)).await);
+    assert!(said(&on_o, &format!("hello all from alpha {t}")) && said(&on_p, &format!("hello all from alpha {t}")), "alpha's group chat on OTS");
+    assert!(said(&on_b, &format!("hello all from oscar {t}")), "oscar's group chat on takgate");
+    // Direct chat both ways, to the addressee only.
+    a.send(&chat(&alpha, &alpha_cs, Some((&oscar, &oscar_cs)), &format!("private to oscar {t}"))).await;
+    o.send(&chat(&oscar, &oscar_cs, Some((&alpha, &alpha_cs)), &format!("private to alpha {t}"))).await;
+    let (on_o, on_p) = (o.drain(Duration::from_millis(2500)).await, p.drain(Duration::from_millis(300)).await);
+    let (on_a, on_b) = (a.drain(Duration::from_millis(1500)).await, b.drain(Duration::from_millis(300)).await);
+    assert!(said(&on_o, &format!("private to oscar {t}")), "the direct message reached oscar");
+    assert!(said(&on_a, &format!("private to alpha {t}")), "the direct message reached alpha");
+    assert!(!said(&on_p, &format!("private to oscar {t}")) && !said(&on_p, &format!("private to alpha {t}")), "papa (OTS) saw a private message");
+    assert!(!said(&on_b, &format!("private to oscar {t}")) && !said(&on_b, &format!("private to alpha {t}")), "bravo (takgate) saw a private message");
+    // Stored by OTS with its sender, chat in its chat history.
+    let rows = || ots.query(&format!("select sender_uid, type from cot where sender_uid = '{alpha}' order by id"));
+    assert!(eventually(5.0, || rows().iter().any(|r| r.ends_with("|a-f-G-U-C"))).await, "{:?}", rows());
+    let chats = ots.query(&format!("select sender_uid, remarks from geochat where remarks like '%{t}%' order by timestamp"));
+    assert!(chats.iter().any(|r| r == &format!("{alpha}|hello all from alpha {t}")) && chats.iter().any(|r| r == &format!("{alpha}|private to oscar {t}")), "OTS's chat history: {chats:?}");
+    assert!(ots.query(&format!("select uid from euds where uid = '{alpha}'")).len() == 1, "alpha is an EUD of OTS");
+    gw.shutdown().await;
+}
+
+/// takgate A (OpenTAKServer a's engine, federation v2 listener) and takgate B (a v2
+/// federate of A), for the mission tests.
+fn engine_with_v2(ots: &Ots, pki: &common::certs::Pki, extra_ots: &str) -> String {
+    format!(
+        "[node]\nid = \"ots-engine-{}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n{}{}",
+        ots.name,
+        ots.link("ots", &format!("ots_poll_secs = 1\n{extra_ots}")),
+        pki.fed_listener("unused", "federation-v2", "127.0.0.1:0", "").split_once("[[link]]\nname = \"fed\"").map(|(_, l)| format!("[[link]]\nname = \"fed\"{l}")).unwrap()
+    )
+}
+
+fn federate_of(to: std::net::SocketAddr, pki: &mut common::certs::Pki, top: &str) -> String {
+    let (cert, key) = pki.leaf("takgate-b", false);
+    format!(
+        "[node]\nid = \"takgate-b\"\n{top}\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"connect\"\naddress = \"{to}\"\nserver_name = \"localhost\"\nreconnect_min_secs = 0.2\nreconnect_max_secs = 0.5\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.path(&pki.ca),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// A CoT item sent to `mission`.
+fn item(uid: &str, mission: Option<&str>) -> CotEvent {
+    let mut ev = CotEvent::new(uid, "a-h-G", "h-g-i-g-o", CotTime::now(), 600);
+    (ev.point.lat, ev.point.lon) = (11.5, 21.5);
+    ev.detail.xml = mission.map(|m| format!(r#"<marti><dest mission="{m}"/></marti>"#)).unwrap_or_default();
+    ev
+}
+
+/// A mission created through OpenTAKServer's Marti API, with content added (by an OTS
+/// client's CoT and through the API) and removed, is recorded by takgate with its creator
+/// and guid, and federated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_made_on_opentakserver_is_recorded_with_creator_and_guid_and_federated() {
+    let ots = Ots::get("a");
+    let t = tag();
+    let mut pki = common::certs::Pki::new("otsmission");
+    let a = gateway(&engine_with_v2(&ots, &pki, "")).await;
+    let b = gateway(&federate_of(a.local_addr("fed").unwrap(), &mut pki, "[missions]\nallow_federated_delete = true")).await;
+    let (oscar, mission) = (format!("OTS-O-{t}"), format!("ops-{t}"));
+    let mut o = ots.client(&pli(&oscar, &format!("OSCAR{t}"), 1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the mission, as an OTS client's Data Sync makes it
+    let api = takgate::transport::ots::api::Api::new(&ots.api(), &std::fs::read_to_string(ots.service_cert()).unwrap()).unwrap();
+    assert!(api.ensure_mission(&mission, &oscar, "public", "made on OTS").await.unwrap(), "OTS created the mission");
+    let guid = ots.mission(&mission).await["data"][0]["guid"].as_str().unwrap().to_owned();
+    // an item by CoT, one through the API, then that one removed
+    let (i1, i2) = (format!("ITEM-1-{t}"), format!("ITEM-2-{t}"));
+    o.send(&item(&i1, Some(&mission))).await;
+    o.send(&item(&i2, None)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    api.add_uids(&mission, &oscar, std::slice::from_ref(&i2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    api.remove(&mission, &oscar, &i2, "").await.unwrap();
+    let want = vec![("CREATE_MISSION".to_string(), String::new(), oscar.clone()), ("ADD_CONTENT".into(), i1.clone(), oscar.clone()), ("ADD_CONTENT".into(), i2.clone(), oscar.clone()), ("REMOVE_CONTENT".into(), i2.clone(), oscar.clone())];
+    let on = |gw: &takgate::runtime::Gateway| gw.store().changes(&mission).unwrap().into_iter().map(|c| (c.change_type.as_str().to_string(), c.content_uid, c.creator_uid)).collect::<Vec<_>>();
+    let ok = eventually(15.0, || on(&a) == want).await;
+    assert!(ok, "takgate A recorded {:?}", on(&a));
+    let (creator, meta) = a.store().mission_meta(&mission).unwrap().unwrap();
+    assert_eq!((creator.as_str(), meta.guid.as_str(), meta.tool.as_str(), meta.description.as_str()), (oscar.as_str(), guid.as_str(), "public", "made on OTS"));
+    let ok = eventually(15.0, || on(&b) == want).await;
+    assert!(ok, "federated to B: {:?}", on(&b));
+    assert!(b.store().changes(&mission).unwrap().iter().all(|c| c.is_federated));
+    b.shutdown().await;
+    a.shutdown().await;
+}
