@@ -174,7 +174,8 @@ async fn server_follows_tak_servers_sequence_and_health_timeout() {
     };
     let after = last_health.elapsed();
     assert_eq!(end.and_then(|r| r.err()).map(|s| s.code()), Some(Code::DeadlineExceeded));
-    assert!(after >= Duration::from_secs(15) && after <= Duration::from_secs(21), "closed after {after:?}");
+    // (the server's clock started at its own receipt of the last check, a moment before ours)
+    assert!(after >= Duration::from_millis(14_500) && after <= Duration::from_secs(21), "closed after {after:?}");
     assert_eq!(msg(&mut rol_in, Duration::from_secs(2)).await.and_then(|r| r.err()).map(|s| s.code()), Some(Code::DeadlineExceeded));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(c.health_check(health()).await.is_err(), "the connection is closed after the streams");

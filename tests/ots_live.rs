@@ -153,3 +153,90 @@ async fn a_mission_made_on_opentakserver_is_recorded_with_creator_and_guid_and_f
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// The uids of OpenTAKServer's mission `name` (its Marti API), each as often as listed.
+async fn ots_uids(ots: &Ots, name: &str) -> Vec<String> {
+    let v = ots.mission(name).await;
+    v["data"][0]["uids"].as_array().map(|a| a.iter().filter_map(|u| u["data"].as_str().or_else(|| u["uid"].as_str()).map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+/// The seed scenario: OTS a ↔ takgate A ⇄ federation v2 ⇄ takgate B ↔ OTS b. A mission made
+/// on OTS a, with a CoT item, appears on OTS b's Marti API with that item, exactly once;
+/// position reports and chat cross; a direct message crosses only to its addressee; with
+/// the v2 link cut, a change made on a arrives on b when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentakserver_to_opentakserver_over_takgate_federation() {
+    let (ots_a, ots_b) = (Ots::get("a"), Ots::get("b"));
+    let t = tag();
+    let mut pki = common::certs::Pki::new("otsseed");
+    let a = gateway(&engine_with_v2(&ots_a, &pki, "")).await;
+    let b_cfg = federate_of(a.local_addr("fed").unwrap(), &mut pki, "").replace("[[link]]\nname = \"c\"", &format!("{}[[link]]\nname = \"c\"", ots_b.link("ots", "ots_poll_secs = 1")));
+    let b = gateway(&b_cfg).await;
+    let (oscar, papa, victor, whiskey) = (format!("OTS-O-{t}"), format!("OTS-P-{t}"), format!("OTS-V-{t}"), format!("OTS-W-{t}"));
+    let (oscar_cs, victor_cs) = (format!("OSCAR{t}"), format!("VICTOR{t}"));
+    let sas = [pli(&oscar, &oscar_cs, 1), pli(&papa, &format!("PAPA{t}"), 1), pli(&victor, &victor_cs, 1), pli(&whiskey, &format!("WHISKEY{t}"), 1)];
+    let (mut o, mut p, mut v, mut w) = tokio::join!(ots_a.client(&sas[0]), ots_a.client(&sas[1]), ots_b.client(&sas[2]), ots_b.client(&sas[3]));
+    // position reports cross (each side's users become clients of the other OTS)
+    let mut saw_victor = false;
+    for k in 2..20u32 {
+        o.send(&pli(&oscar, &oscar_cs, k)).await;
+        v.send(&pli(&victor, &victor_cs, k)).await;
+        let on_v = v.drain(Duration::from_millis(700)).await;
+        saw_victor |= o.drain(Duration::from_millis(100)).await.iter().any(|e| e.uid == victor);
+        if on_v.iter().any(|e| e.uid == oscar) && saw_victor {
+            break;
+        }
+        assert!(k < 19, "position reports did not cross: victor saw oscar: false or oscar saw victor: {saw_victor}");
+    }
+    // group chat crosses; a direct message only to its addressee
+    o.send(&chat(&oscar, &oscar_cs, None, &format!("all from oscar {t}"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    o.send(&chat(&oscar, &oscar_cs, Some((&victor, &victor_cs)), &format!("oscar to victor {t}"))).await;
+    let (on_v, on_w, on_p) = (v.drain(Duration::from_millis(3000)).await, w.drain(Duration::from_millis(300)).await, p.drain(Duration::from_millis(300)).await);
+    assert!(said(&on_v, &format!("all from oscar {t}")) && said(&on_w, &format!("all from oscar {t}")), "group chat crossed");
+    assert!(said(&on_v, &format!("oscar to victor {t}")), "the direct message reached victor");
+    assert!(!said(&on_w, &format!("oscar to victor {t}")) && !said(&on_p, &format!("oscar to victor {t}")), "a third party saw the direct message");
+    // a mission made on OTS a, with an item, appears on OTS b with the item once
+    let mission = format!("seed-{t}");
+    let api_a = takgate::transport::ots::api::Api::new(&ots_a.api(), &std::fs::read_to_string(ots_a.service_cert()).unwrap()).unwrap();
+    api_a.ensure_mission(&mission, &oscar, "public", "seed").await.unwrap();
+    let i1 = format!("SEED-ITEM-1-{t}");
+    o.send(&item(&i1, Some(&mission))).await;
+    let mut uids = vec![];
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if ots_b.query(&format!("select name from missions where name = '{mission}'")).len() == 1 {
+            uids = ots_uids(&ots_b, &mission).await;
+            if !uids.is_empty() {
+                break;
+            }
+        }
+    }
+    assert_eq!(uids, [i1.clone()], "OTS b's mission shows the item once");
+    let creator = ots_b.query(&format!("select creator_uid from mission_changes where mission_name = '{mission}' and mission_uid = '{i1}'"));
+    assert_eq!(creator, [oscar.clone()], "with its creator");
+    // the link is cut; a change made meanwhile on OTS a arrives on OTS b when it returns
+    let fed = b.control().link("fed").map(|l| l.name).expect("fed link");
+    assert!(b.control().remove_link(&fed));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let i2 = format!("SEED-ITEM-2-{t}");
+    o.send(&item(&i2, Some(&mission))).await;
+    assert!(eventually(10.0, || a.store().has_item(&mission, &i2).unwrap()).await, "A recorded the item while the link was down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!ots_uids(&ots_b, &mission).await.contains(&i2), "nothing crossed a cut link");
+    b.control().add_link(&takgate::config::Config::parse(&b_cfg).unwrap().links.into_iter().find(|l| l.name == "fed").unwrap()).await.unwrap();
+    let mut uids = vec![];
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        uids = ots_uids(&ots_b, &mission).await;
+        if uids.contains(&i2) {
+            break;
+        }
+    }
+    uids.sort();
+    let mut want = vec![i1, i2];
+    want.sort();
+    assert_eq!(uids, want, "after the link returned, once each");
+    b.shutdown().await;
+    a.shutdown().await;
+}

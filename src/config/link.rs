@@ -322,8 +322,9 @@ section! {
 section! {
     /// OpenTAKServer: its bus (read), its TCP CoT port and its Marti API (written).
     OtsOpts, "amqp links with amqp_mode = \"opentakserver\"" {
-        /// The takgate group given to what comes from OpenTAKServer, and the OTS group
-        /// what takgate delivers lands in (default and, over TCP CoT, only `__ANON__`).
+        /// OpenTAKServer's group takgate's contacts are in: over its TCP CoT port that is
+        /// `__ANON__`, the default and the only value supported. Which takgate groups go
+        /// into it is the link's policy (`groups_out`).
         ots_group: Option<String>,
         /// OpenTAKServer's TCP CoT port (eud_handler), where each takgate-side contact is
         /// a client of its own (default: the broker's host, port 8088).
@@ -742,8 +743,9 @@ impl LinkConfig {
             }
             LinkKind::Multicast(m) if m.multicast.ttl.is_some_and(|t| t > 255) => Err("ttl: must be 0..=255".into()),
             LinkKind::Amqp(a) => match &a.kind {
-                AmqpKind::Opentakserver(o) => match &o.ots_api_cert {
-                    Some(p) if !p.exists() => Err(format!("ots_api_cert: {}: no such file", p.display())),
+                AmqpKind::Opentakserver(o) => match (&o.ots_api_cert, o.ots_group.as_deref()) {
+                    (Some(p), _) if !p.exists() => Err(format!("ots_api_cert: {}: no such file", p.display())),
+                    (_, Some(g)) if g != "__ANON__" => Err(format!("ots_group: {g:?}: OpenTAKServer puts clients of its TCP CoT port in __ANON__ only; choose what goes into it with the link's policy (groups_out)")),
                     _ => Ok(()),
                 },
                 _ => Ok(()),

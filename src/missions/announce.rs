@@ -55,8 +55,15 @@ pub fn announcement(c: &Change) -> CotEvent {
         ChangeType::DeleteMission => "DELETE",
         _ => "CHANGE",
     }.as_bytes());
-    d.extend_from_slice(b"\" tool=\"public\" name=\"");
+    let meta = c.mission_meta.clone().unwrap_or_default();
+    d.extend_from_slice(b"\" tool=\"");
+    esc(if meta.tool.is_empty() { "public" } else { &meta.tool }, &mut d);
+    d.extend_from_slice(b"\" name=\"");
     esc(&c.mission, &mut d);
+    if !meta.guid.is_empty() {
+        d.extend_from_slice(b"\" guid=\"");
+        esc(&meta.guid, &mut d);
+    }
     d.extend_from_slice(b"\" authorUid=\"");
     esc(&c.creator_uid, &mut d);
     d.extend_from_slice(b"\"><MissionChanges><MissionChange>");
@@ -102,11 +109,23 @@ mod tests {
 
     #[test]
     fn announcements_are_written_like_tak_and_read_back() {
-        let c = Change { id: 3, content_uid: "u<1>".into(), creator_uid: "me".into(), ts_ms: 1_700_000_000_000, is_federated: true, ..Change::new("ops", ChangeType::AddContent) };
+        let meta = MissionMeta { guid: "5f0c-guid".into(), tool: "public".into(), ..Default::default() };
+        let c = Change { id: 3, content_uid: "u<1>".into(), creator_uid: "me".into(), ts_ms: 1_700_000_000_000, is_federated: true, mission_meta: Some(meta), ..Change::new("ops", ChangeType::AddContent) };
         let ev = announcement(&c);
         assert_eq!(ev.cot_type, "t-x-m-c");
         let back = parse_announcement(&crate::cot::xml::decode(&crate::cot::xml::encode(&ev)).unwrap());
         assert_eq!(back, vec![Change { id: 0, ..c }]);
+    }
+
+    #[test]
+    fn opentakservers_file_change_names_the_hash_not_a_cot_item() {
+        // OTS writes a file's own uid in contentUid beside its contentResource
+        // (models/MissionChange.py generate_mission_change_cot).
+        let mut ev = CotEvent::new("f", "t-x-m-c", "h-g-i-g-o", CotTime(0), 20);
+        ev.detail.xml = "<mission type=\"ADD_CONTENT\" tool=\"public\" name=\"m\" guid=\"g-7\" authorUid=\"OTS-U\"><MissionChanges><MissionChange><contentResource><creatorUid>OTS-U</creatorUid><hash>abc123</hash><uid>file-uid-9</uid></contentResource><contentUid>file-uid-9</contentUid><missionGuid>g-7</missionGuid><creatorUid>OTS-U</creatorUid><isFederatedChange>false</isFederatedChange><missionName>m</missionName><timestamp>2026-12-02T00:00:00.000Z</timestamp><type>ADD_CONTENT</type></MissionChange></MissionChanges></mission>".into();
+        let c = parse_announcement(&ev);
+        assert_eq!((c[0].content_uid.as_str(), c[0].content_hash.as_str(), c[0].creator_uid.as_str()), ("", "abc123", "OTS-U"));
+        assert_eq!(c[0].mission_meta.as_ref().map(|m| m.guid.as_str()), Some("g-7"));
     }
 
     #[test]

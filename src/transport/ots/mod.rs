@@ -52,8 +52,6 @@ pub struct OtsSettings {
     pub url: String,
     /// OpenTAKServer's TCP CoT port.
     pub cot_addr: String,
-    /// The takgate group of what comes from OpenTAKServer.
-    pub group: String,
     /// takgate's own client on OpenTAKServer.
     pub uid: String,
     pub callsign: String,
@@ -90,7 +88,6 @@ pub fn start(l: &LinkConfig, a: &AmqpLink, ctx: &LinkCtx, missions: &Arc<Mission
         link: l.name.clone(),
         url: a.url.clone(),
         cot_addr: o.ots_cot.clone().unwrap_or_else(|| format!("{host}:8088")),
-        group: o.ots_group.clone().unwrap_or_else(|| "__ANON__".into()),
         uid: a.opts.amqp_uid.clone().unwrap_or_else(|| node.clone()),
         callsign: o.ots_callsign.clone().unwrap_or(node),
         max_clients: o.ots_max_clients.map(|c| c.0).unwrap_or(500),
