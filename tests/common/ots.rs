@@ -56,11 +56,34 @@ impl Ots {
 
     /// A client of OpenTAKServer on its TCP CoT port, registered as OTS's own EUDs are
     /// (it waits for eud_handler's broker channel, then sends its position report).
+    /// OTS 1.7.14 misses a client that registers before its handler's broker channel is
+    /// open (and then never delivers to it): the client checks that OTS consumes its queue,
+    /// and connects again when it does not, as a user would reconnect a deaf ATAK.
     pub async fn client(&self, sa: &takgate::cot::CotEvent) -> Client {
-        let mut c = Client::tcp(self.cot()).await;
-        tokio::time::sleep(Duration::from_millis(3500)).await;
-        c.send(sa).await;
-        c
+        for _ in 0..4 {
+            let mut c = Client::tcp(self.cot()).await;
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            c.send(sa).await;
+            if self.consumed(&sa.uid).await {
+                return c;
+            }
+        }
+        panic!("OpenTAKServer {} never registered client {} (its eud_handler made no queue for it)", self.name, sa.uid);
+    }
+
+    /// Whether OTS consumes the queue of EUD `uid` (it is registered and receives).
+    async fn consumed(&self, uid: &str) -> bool {
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(conn) = lapin::Connection::connect(&self.amqp(), lapin::ConnectionProperties::default()).await else { continue };
+            let Ok(ch) = conn.create_channel().await else { continue };
+            let r = ch.queue_declare(uid.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, lapin::types::FieldTable::default()).await;
+            let _ = conn.close(200, "ok".into()).await;
+            if r.is_ok_and(|q| q.consumer_count() > 0) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Rows of `sql` in this instance's database, each a line of `|`-separated fields.

@@ -148,6 +148,11 @@ impl Clients {
         // contact registered before that gets no queues and never receives anything.
         tokio::time::sleep(self.s.register_delay).await;
         tcp.write_all(&who.sa).await.map_err(|e| e.to_string())?;
+        // When it lost that race anyway (a loaded OTS), OTS made no queue for the contact
+        // and never will on this connection: connect again.
+        if self.queue_exists(&who.uid).await == Some(false) {
+            return Err(format!("OpenTAKServer did not register {} (no queue for it on its broker): reconnecting", who.uid));
+        }
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(link = %self.s.link, uid = %who.uid, callsign = %who.callsign, "registered on OpenTAKServer");
         let (mut rd, mut wr) = tcp.into_split();
@@ -169,6 +174,27 @@ impl Clients {
                 },
             }
         }
+    }
+
+    /// Whether OpenTAKServer's broker has the queue eud_handler makes and consumes for a
+    /// registered contact (named by its uid), checked passively for up to 3 s after
+    /// registering; None when the broker cannot be asked.
+    async fn queue_exists(&self, uid: &str) -> Option<bool> {
+        let check = async {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let conn = lapin::Connection::connect(&self.s.url, lapin::ConnectionProperties::default()).await.ok()?;
+                let ch = conn.create_channel().await.ok()?;
+                let r = ch.queue_declare(uid.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, lapin::types::FieldTable::default()).await;
+                let _ = conn.close(200, "ok".into()).await;
+                // the queue outlives its EUD's connections: it counts once consumed again
+                if r.is_ok_and(|q| q.consumer_count() > 0) {
+                    return Some(true);
+                }
+            }
+            Some(false)
+        };
+        tokio::time::timeout(Duration::from_secs(10), check).await.ok().flatten()
     }
 
     /// Direct messages OpenTAKServer delivers to this contact go to it; the rest of what
