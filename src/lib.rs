@@ -29,7 +29,8 @@
 //!
 //! * [`link`]: what every link shares: the I/O trait, peer identity, codec, counters, status,
 //!   ingest into the router, read-rate limits, backoff, accepting and reconnecting, TLS.
-//! * [`transport`]: TCP/TLS streams, UDP and multicast, the RabbitMQ bridge.
+//! * [`transport`]: TCP/TLS streams, UDP and multicast, a takgate cluster over RabbitMQ,
+//!   and OpenTAKServer (its bus, its TCP CoT port as its clients, its Marti API).
 //! * [`federation`]: TAK Server federation v1 and v2 (both roles), GeoEvent conversion, the
 //!   staged connection test.
 //!
