@@ -50,6 +50,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FederationCmd,
     },
+    /// QUIC tools.
+    Quic {
+        #[command(subcommand)]
+        cmd: QuicCmd,
+    },
     /// Tools for CoT captures.
     Cot {
         #[command(subcommand)]
@@ -180,6 +185,33 @@ enum FederationCmd {
         /// Seconds to wait for the peer's first frame.
         #[arg(long, default_value_t = 3)]
         listen: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuicCmd {
+    /// Staged connection test of a TAK QUIC input (TAK Server `protocol="quic"`, or a
+    /// takgate): certificates, resolve, QUIC handshake, ALPN takstream, the server's
+    /// identity, the stream, TAK protocol negotiation, a ping.
+    Test {
+        /// A quic link's name in the config file, or HOST:PORT of the input.
+        target: String,
+        /// The configuration that holds the link (default: the embedded one).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Seconds the handshake and each answer may take.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
         #[arg(long)]
         json: bool,
     },
@@ -335,19 +367,24 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let stages = rt.block_on(takgate::federation::probe::probe(&target));
-            if json {
-                println!("{}", serde_json::to_string(&stages).unwrap_or_default());
-            } else {
-                for s in &stages {
-                    println!("{:<16} {:<4} {:>6} ms  {}", s.name, if s.ok { "ok" } else { "FAIL" }, s.ms, s.detail);
+            print_stages(&rt.block_on(takgate::federation::probe::probe(&target)), json)
+        }
+        Cmd::Quic { cmd: QuicCmd::Test { target, config, ca, cert, key, server_name, timeout, json } } => {
+            let target = match quic_target(&target, config, ca, cert, key, server_name, timeout) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("takgate quic test: {e}");
+                    return ExitCode::FAILURE;
                 }
-            }
-            if stages.iter().all(|s| s.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("takgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print_stages(&rt.block_on(takgate::transport::quic::probe::probe(&target)), json)
         }
         Cmd::Certs { cmd } => match certs(cmd) {
             Ok(()) => ExitCode::SUCCESS,
@@ -411,6 +448,52 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A staged test's stages, as a table or JSON; success when every stage passed.
+fn print_stages(stages: &[takgate::link::probe::Stage], json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string(stages).unwrap_or_default());
+    } else {
+        for s in stages {
+            println!("{:<16} {:<4} {:>6} ms  {}", s.name, if s.ok { "ok" } else { "FAIL" }, s.ms, s.detail);
+        }
+    }
+    if stages.iter().all(|s| s.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What `quic test` probes: a configured quic link by name (its address, certificates and
+/// server name), or HOST:PORT with certificate paths; options given here win.
+fn quic_target(target: &str, config: Option<PathBuf>, ca: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>, server_name: Option<String>, timeout: u64) -> Result<takgate::transport::quic::probe::QuicTarget, String> {
+    let cfg = match &config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default_config(),
+    };
+    let (address, files, name) = match cfg.links.iter().find(|l| l.name == target).map(|l| (l, &l.kind)) {
+        Some((l, takgate::config::LinkKind::Quic(s, _))) => {
+            let name = match &s.role {
+                takgate::config::Role::Connect { tls, .. } => tls.server_name.clone(),
+                takgate::config::Role::Listen { .. } => None,
+            };
+            (l.address(), s.tls.clone().unwrap_or_default(), name)
+        }
+        Some(_) => return Err(format!("link {target:?} is not a quic link")),
+        None if target.contains(':') => (target.to_string(), Default::default(), None),
+        None => return Err(format!("{target:?} is neither a quic link in {} nor HOST:PORT", config.map(|p| p.display().to_string()).unwrap_or("the embedded configuration".into()))),
+    };
+    let need = |v: Option<PathBuf>, what: &str| v.ok_or(format!("--{what} is required (TAK's QUIC needs the CA and a client certificate)"));
+    Ok(takgate::transport::quic::probe::QuicTarget {
+        address,
+        ca: need(ca.or(files.ca), "ca")?,
+        cert: need(cert.or(files.cert), "cert")?,
+        key: need(key.or(files.key), "key")?,
+        server_name: server_name.or(name),
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+    })
 }
 
 /// What `federation test` probes: a configured federation link by name, or an address with

@@ -172,6 +172,7 @@ fn node_id(configured: &str, store: &Store) -> Result<String, crate::store::Stor
 async fn start_link(l: &LinkConfig, ctx: &LinkCtx, missions: &Arc<Missions>) -> Result<LinkStatus, StartError> {
     match &l.kind {
         LinkKind::Tcp(s) | LinkKind::Tls(s) => crate::transport::stream::start(l, s, ctx).await,
+        LinkKind::Quic(s, q) => crate::transport::quic::start(l, s, q, ctx).await,
         LinkKind::Udp(u) => crate::transport::datagram::start_udp(l, u, ctx).await,
         LinkKind::Multicast(m) => crate::transport::datagram::start_multicast(l, m, ctx),
         LinkKind::Amqp(a) => crate::transport::amqp::start(l, a, ctx, missions),

@@ -9,7 +9,7 @@ use common::gateway;
 use takgate::bench::{self, ClientsArgs, FanoutArgs, IdleArgs, Target, UdpArgs};
 
 fn target(addr: std::net::SocketAddr, proto: bool) -> Target {
-    Target { target: addr.to_string(), ca: None, cert: None, key: None, server_name: None, proto, allow_remote: false, json: false }
+    Target { target: addr.to_string(), ca: None, cert: None, key: None, server_name: None, proto, quic: false, allow_remote: false, json: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

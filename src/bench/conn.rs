@@ -24,11 +24,48 @@ pub type BoxIo = Pin<Box<dyn Io>>;
 pub struct Dial {
     pub addr: SocketAddr,
     pub tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    pub quic: Option<Arc<QuicDial>>,
     pub proto: bool,
+}
+
+/// QUIC clients share a few UDP endpoints (one per device would cost a socket and a
+/// driver task each; one for all would put every packet through one task).
+pub const QUIC_ENDPOINTS: usize = 8;
+
+pub struct QuicDial {
+    pub config: quinn::ClientConfig,
+    pub name: String,
+    pub endpoints: Vec<quinn::Endpoint>,
+    pub next: std::sync::atomic::AtomicU64,
+}
+
+impl QuicDial {
+    /// A connection and its stream, with a newline written first (the server speaks only
+    /// after the client's first bytes; ATAK writes a ping, whose pong would be counted).
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<BoxIo> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        let ep = &self.endpoints[n % self.endpoints.len()];
+        let connecting = ep.connect_with(self.config.clone(), addr, &self.name).map_err(std::io::Error::other)?;
+        let conn = tokio::time::timeout(Duration::from_secs(20), connecting).await.map_err(|_| std::io::Error::other("QUIC handshake timed out"))?.map_err(|e| std::io::Error::other(crate::link::quic::explain(&e, false)))?;
+        let (send, recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
+        let mut io: BoxIo = Box::pin(crate::link::quic::QuicIo::new(conn, send, recv));
+        io.write_all(b"\n").await?;
+        Ok(io)
+    }
 }
 
 impl Dial {
     pub async fn connect(&self) -> std::io::Result<(BoxIo, StreamDecoder, WireFormat)> {
+        if let Some(q) = &self.quic {
+            let mut io = q.connect(self.addr).await?;
+            let mut dec = StreamDecoder::new(1 << 20);
+            let mut format = WireFormat::Xml;
+            if self.proto {
+                negotiate(&mut io, &mut dec).await?;
+                format = WireFormat::ProtoStream;
+            }
+            return Ok((io, dec, format));
+        }
         let tcp = tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(self.addr)).await.map_err(|_| std::io::Error::other("connect timed out"))??;
         tcp.set_nodelay(true)?;
         let mut io: BoxIo = match &self.tls {

@@ -37,6 +37,10 @@ pub struct Target {
     /// Negotiate TAK protocol v1 (protobuf) on every connection.
     #[arg(long)]
     pub proto: bool,
+    /// Connect over QUIC (TAK's ALPN takstream, as ATAK 5.5's `host:port:quic`); needs
+    /// --ca, --cert and --key.
+    #[arg(long)]
+    pub quic: bool,
     /// Allow a target that is not on loopback.
     #[arg(long)]
     pub allow_remote: bool,
@@ -51,16 +55,25 @@ impl Target {
         if !addr.ip().is_loopback() && !self.allow_remote {
             return Err(format!("{addr} is not on loopback: load tests against other hosts need --allow-remote"));
         }
+        let host = self.server_name.clone().unwrap_or_else(|| self.target.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default());
+        if self.quic {
+            let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else { return Err("--quic needs --ca, --cert and --key (TAK's QUIC requires a client certificate)".into()) };
+            let settings = crate::link::quic::QuicSettings { idle_timeout: crate::link::quic::DEFAULT_IDLE_TIMEOUT, keep_alive: Some(crate::link::quic::DEFAULT_KEEP_ALIVE), stream_window: 4 << 20 };
+            let config = crate::link::quic::client_config(ca, Some((cert, key)), &[], &settings)?;
+            let local: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+            let endpoints = (0..conn::QUIC_ENDPOINTS).map(|_| crate::link::quic::bind(local, None)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("UDP socket: {e}"))?;
+            let quic = Arc::new(conn::QuicDial { config, name: host, endpoints, next: AtomicU64::new(0) });
+            return Ok(Dial { addr, tls: None, quic: Some(quic), proto: self.proto });
+        }
         let tls = match &self.ca {
             None => None,
             Some(ca) => {
                 let cc = crate::link::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(|e| e.to_string())?;
-                let host = self.server_name.clone().unwrap_or_else(|| self.target.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default());
                 let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
                 Some((tokio_rustls::TlsConnector::from(Arc::new(cc)), name))
             }
         };
-        Ok(Dial { addr, tls, proto: self.proto })
+        Ok(Dial { addr, tls, quic: None, proto: self.proto })
     }
 }
 
@@ -281,7 +294,7 @@ fn clients_summary(a: &ClientsArgs, n: u32, results: &[ClientResult], live: &Liv
     ClientsSummary {
         scenario: "clients",
         target: a.target.target.clone(),
-        transport: if a.target.ca.is_some() { "tls" } else { "tcp" },
+        transport: if a.target.quic { "quic" } else if a.target.ca.is_some() { "tls" } else { "tcp" },
         format: if a.target.proto { "protobuf" } else { "xml" },
         clients: n,
         connected,
@@ -441,7 +454,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {
         let addr: SocketAddr = l.local_addr().map_err(|e| e.to_string())?;
         let relay = tokio::spawn(conn::relay(l));
         eprintln!("fanout: same load against the plain relay on {addr}");
-        let d = Dial { addr, tls: None, proto: false };
+        let d = Dial { addr, tls: None, quic: None, proto: false };
         let (_, b) = fanout_once(&d, &d, a.senders, a.receivers, a.duration).await;
         relay.abort();
         baseline = Some(b as f64 / a.duration);
@@ -542,8 +555,8 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
         _ => return Err("give both --target (node A) and --receive-target (node B), or neither".into()),
     };
     eprintln!("federation ({}): {} senders into {send_to}, 1 receiver on {recv_from}, {} s", a.protocol, a.senders, a.duration);
-    let dial = Target { target: send_to, ca: None, cert: None, key: None, server_name: None, proto: false, allow_remote: false, json: a.json }.dial().await?;
-    let rx_dial = Target { target: recv_from, ca: None, cert: None, key: None, server_name: None, proto: false, allow_remote: false, json: a.json }.dial().await?;
+    let dial = Target { target: send_to, ca: None, cert: None, key: None, server_name: None, proto: false, quic: false, allow_remote: false, json: a.json }.dial().await?;
+    let rx_dial = Target { target: recv_from, ca: None, cert: None, key: None, server_name: None, proto: false, quic: false, allow_remote: false, json: a.json }.dial().await?;
     let (sent, delivered) = fanout_paced(&dial, &rx_dial, a.senders, 1, a.duration, a.rate).await;
     for n in nodes {
         n.shutdown().await;

@@ -108,6 +108,9 @@ pub enum Transport {
     Multicast,
     /// RabbitMQ (AMQP 0-9-1): OpenTAKServer's bus or a takgate cluster.
     Amqp,
+    /// TAK's QUIC stream input (TAK Server `protocol="quic"`, ATAK `host:port:quic`):
+    /// the TLS stream protocol on one QUIC stream, ALPN `takstream`, client certificates.
+    Quic,
     /// TAK Server federation v1 (port 9000): mutual TLS, length-prefixed FederatedEvents.
     FederationV1,
     /// TAK Server federation v2 (port 9001): gRPC over mutual TLS (`FederatedChannel`).
@@ -124,6 +127,7 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::Udp => "udp",
             Transport::Multicast => "multicast",
+            Transport::Quic => "quic",
             Transport::Amqp => "amqp",
             Transport::FederationV1 => "federation-v1",
             Transport::FederationV2 => "federation-v2",
@@ -194,7 +198,7 @@ section! {
 
 section! {
     /// Connection limits of a stream listener.
-    ListenLimits, "tcp, tls and federation listeners" {
+    ListenLimits, "tcp, tls, quic and federation listeners" {
         /// At most this many connections at once (default: derived from the process's
         /// file-descriptor limit).
         max_connections: Option<Count>,
@@ -207,7 +211,7 @@ section! {
 
 section! {
     /// What a TLS listener adds to the limits.
-    TlsListen, "tls and federation listeners" {
+    TlsListen, "tls, quic and federation listeners" {
         /// TLS handshakes in progress at once (default 128); more are refused at once.
         max_tls_handshakes: Option<Count>,
         /// Connections presenting one certificate (SHA-256 fingerprint).
@@ -219,7 +223,7 @@ section! {
 
 section! {
     /// Reconnect backoff bounds of an outgoing link.
-    Reconnect, "outgoing tcp, tls and federation links, and amqp links" {
+    Reconnect, "outgoing tcp, tls, quic and federation links, and amqp links" {
         reconnect_min_secs: Option<Secs>,
         reconnect_max_secs: Option<Secs>,
     }
@@ -227,7 +231,7 @@ section! {
 
 section! {
     /// TLS material of a link (PEM files, read in place).
-    TlsFiles, "tls and federation links" {
+    TlsFiles, "tls, quic and federation links" {
         /// Peers must chain to this CA (listen: client certificates; connect: the server).
         ca: Option<PathBuf>,
         /// Our certificate chain: leaf plus issuer (added from `ca` if missing).
@@ -242,7 +246,7 @@ section! {
 
 section! {
     /// What an outgoing TLS link adds.
-    TlsConnect, "outgoing tls and federation links" {
+    TlsConnect, "outgoing tls, quic and federation links" {
         /// The name to verify in the server certificate (default: the host in address).
         server_name: Option<String>,
     }
@@ -250,7 +254,7 @@ section! {
 
 section! {
     /// The stream protocol of a TAK client connection.
-    StreamOpts, "tcp and tls links" {
+    StreamOpts, "tcp, tls and quic links" {
         /// `protobuf`: stream protobuf from the first byte (TAK Server's `prototls`).
         format: Option<SendFormat>,
         /// Offer (listen) or request (connect) TAK protocol v1 (default true).
@@ -266,7 +270,7 @@ section! {
 
 section! {
     /// Read rates and the write timeout of one connection.
-    ConnLimits, "tcp, tls and federation-v1 links" {
+    ConnLimits, "tcp, tls, quic and federation-v1 links" {
         /// Read at most this many bytes per second (reading pauses; nothing is dropped).
         max_read_bytes_per_sec: Option<Rate>,
         /// Take at most this many events per second (reading pauses the same way).
@@ -279,9 +283,24 @@ section! {
 
 section! {
     /// The largest event a stream carries.
-    EventLimit, "tcp, tls and federation links" {
+    EventLimit, "tcp, tls, quic and federation links" {
         /// Bytes (default 1 MiB for streams; federation v1 64 MiB, v2 256 MiB).
         max_event_bytes: Option<Count>,
+    }
+}
+
+section! {
+    /// QUIC's own keys.
+    QuicOpts, "quic links" {
+        /// QUIC's idle timeout: the connection closes after this long without any packet
+        /// (default 30, TAK Server's `quicConnectionTimeoutSeconds`; ATAK asks for 100 and
+        /// the lower of both applies).
+        quic_idle_timeout_secs: Option<Secs>,
+        /// Send QUIC PINGs when nothing else is sent (default: every 10 s connecting, never
+        /// listening, as TAK Server).
+        quic_keep_alive_secs: Option<Secs>,
+        /// Bytes a peer may send on the stream ahead of our reading (default 1 MiB).
+        quic_stream_window_bytes: Option<Count>,
     }
 }
 
@@ -412,6 +431,7 @@ const SECTIONS: &[(&[&str], &str)] = &[
     (StreamOpts::KEYS, StreamOpts::APPLIES),
     (ConnLimits::KEYS, ConnLimits::APPLIES),
     (EventLimit::KEYS, EventLimit::APPLIES),
+    (QuicOpts::KEYS, QuicOpts::APPLIES),
     (DatagramOpts::KEYS, DatagramOpts::APPLIES),
     (MulticastOpts::KEYS, MulticastOpts::APPLIES),
     (AmqpOpts::KEYS, AmqpOpts::APPLIES),
@@ -517,6 +537,8 @@ impl FedLink {
 pub enum LinkKind {
     Tcp(StreamLink),
     Tls(StreamLink),
+    /// A stream link on QUIC (`tls` always set).
+    Quic(StreamLink, QuicOpts),
     Udp(UdpLink),
     Multicast(MulticastLink),
     Amqp(AmqpLink),
@@ -542,6 +564,7 @@ impl LinkConfig {
         match &self.kind {
             LinkKind::Tcp(_) => Transport::Tcp,
             LinkKind::Tls(_) => Transport::Tls,
+            LinkKind::Quic(..) => Transport::Quic,
             LinkKind::Udp(_) => Transport::Udp,
             LinkKind::Multicast(_) => Transport::Multicast,
             LinkKind::Amqp(_) => Transport::Amqp,
@@ -553,7 +576,7 @@ impl LinkConfig {
     pub fn mode(&self) -> Mode {
         let role = |r: &Role| if r.is_connect() { Mode::Connect } else { Mode::Listen };
         match &self.kind {
-            LinkKind::Tcp(s) | LinkKind::Tls(s) => role(&s.role),
+            LinkKind::Tcp(s) | LinkKind::Tls(s) | LinkKind::Quic(s, _) => role(&s.role),
             LinkKind::FederationV1(f) | LinkKind::FederationV2(f) => role(&f.role),
             LinkKind::Udp(UdpLink { mode: UdpMode::Listen(_), .. }) => Mode::Listen,
             LinkKind::Udp(_) | LinkKind::Multicast(_) | LinkKind::Amqp(_) => Mode::Send,
@@ -567,7 +590,7 @@ impl LinkConfig {
             Role::Connect { address, .. } => address.clone(),
         };
         match &self.kind {
-            LinkKind::Tcp(s) | LinkKind::Tls(s) => role(&s.role),
+            LinkKind::Tcp(s) | LinkKind::Tls(s) | LinkKind::Quic(s, _) => role(&s.role),
             LinkKind::FederationV1(f) | LinkKind::FederationV2(f) => role(&f.role),
             LinkKind::Udp(UdpLink { mode: UdpMode::Listen(a), .. }) => a.to_string(),
             LinkKind::Udp(UdpLink { mode: UdpMode::Send(a), .. }) => a.clone(),
@@ -585,7 +608,7 @@ impl LinkConfig {
         if c.name.is_empty() {
             return Err(bad("name: must not be empty".into()));
         }
-        let transport = c.transport.ok_or_else(|| bad("transport: missing (tcp, tls, udp, multicast, amqp, federation-v1 or federation-v2)".into()))?;
+        let transport = c.transport.ok_or_else(|| bad("transport: missing (tcp, tls, quic, udp, multicast, amqp, federation-v1 or federation-v2)".into()))?;
         let kind = kind(transport, c.mode, &c.address, &mut t).map_err(bad)?;
         let mode = c.mode.map(|m| format!(" with mode = {:?}", format!("{m:?}").to_lowercase())).unwrap_or_default();
         let mut ignored = vec![];
@@ -594,6 +617,11 @@ impl LinkConfig {
                 return Err(bad(format!("{k}: does not apply to a {} link{mode}{}", transport.as_str(), applies(k))));
             }
             ignored.push(format!("{at}: {k} has no effect on a {} link{mode}{}", transport.as_str(), applies(k)));
+        }
+        if let LinkKind::Quic(StreamLink { role: Role::Listen { limits, .. }, .. }, _) = &kind {
+            if limits.listen_backlog.is_some() {
+                ignored.push(format!("{at}: listen_backlog has no effect on a quic link (UDP has no accept queue)"));
+            }
         }
         if let LinkKind::Amqp(AmqpLink { kind: AmqpKind::Opentakserver(o), .. }) = &kind {
             for (k, set) in [("persist", o.persist.is_some()), ("ots_node_id", o.ots_node_id.is_some())] {
@@ -617,6 +645,7 @@ fn tolerated(transport: Transport, mode: Option<Mode>, key: &str) -> bool {
     match transport {
         Transport::Tcp => listen && (reconnect || key == "max_tls_handshakes"),
         Transport::Tls => (listen && (reconnect || key == "server_name")) || (!listen && key == "require_client_cert"),
+        Transport::Quic => (listen && (reconnect || key == "server_name")) || (!listen && key == "require_client_cert"),
         Transport::FederationV1 | Transport::FederationV2 => (listen && (reconnect || key == "server_name")) || (!listen && key == "require_client_cert") || (transport == Transport::FederationV2 && key == "idle_timeout_secs"),
         Transport::Udp | Transport::Multicast | Transport::Amqp => key == "max_event_bytes",
     }
@@ -684,6 +713,10 @@ fn kind(transport: Transport, mode: Option<Mode>, address: &str, t: &mut toml::T
                 LinkKind::Tcp(s)
             }
         }
+        Transport::Quic => {
+            let s = StreamLink { role: role(mode.unwrap_or(Mode::Listen), address, t, true)?, tls: Some(take(t)?), stream: take(t)?, conn: take(t)?, events: take(t)? };
+            LinkKind::Quic(s, take(t)?)
+        }
         Transport::Udp => {
             let mode = match mode.unwrap_or(Mode::Listen) {
                 Mode::Listen => UdpMode::Listen(listen_addr(address)?),
@@ -732,6 +765,16 @@ impl LinkConfig {
         self.policy.check()?;
         match &self.kind {
             LinkKind::Tls(s) => check_tls(s.tls.as_ref().unwrap_or(&TlsFiles::default()), &s.role, false),
+            LinkKind::Quic(s, _) => {
+                let t = s.tls.clone().unwrap_or_default();
+                check_tls(&t, &s.role, false)?;
+                match &s.role {
+                    Role::Listen { tls, .. } if tls.require_client_cert == Some(false) => Err("require_client_cert: a quic listener always requires client certificates (as TAK Server's QUIC input)".into()),
+                    Role::Listen { .. } if t.ca.is_none() => Err("ca: a quic listener needs the CA its clients' certificates chain to (QUIC inputs require client certificates)".into()),
+                    Role::Connect { .. } if t.cert.is_none() => Err("cert: a quic connection presents a client certificate (TAK Server's QUIC input requires one): set cert and key".into()),
+                    _ => Ok(()),
+                }
+            }
             LinkKind::FederationV1(f) | LinkKind::FederationV2(f) => {
                 check_tls(&f.tls, &f.role, true)?;
                 if let FedVersion::V2(v) = &f.version {

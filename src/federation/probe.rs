@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 use super::v1::Decoder;
@@ -26,33 +25,7 @@ pub struct ProbeTarget {
     pub protocol: u8,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Stage {
-    pub name: &'static str,
-    pub ok: bool,
-    pub ms: u64,
-    pub detail: String,
-}
-
-/// The stages so far; each records ok or the error and how long it took.
-struct Stages(Vec<Stage>);
-
-impl Stages {
-    /// Records a stage that started at `start`; its value when it passed.
-    fn record<T>(&mut self, name: &'static str, start: Instant, r: Result<(T, String), String>) -> Option<T> {
-        let ms = start.elapsed().as_millis() as u64;
-        match r {
-            Ok((v, detail)) => {
-                self.0.push(Stage { name, ok: true, ms, detail });
-                Some(v)
-            }
-            Err(detail) => {
-                self.0.push(Stage { name, ok: false, ms, detail });
-                None
-            }
-        }
-    }
-}
+pub use crate::link::probe::{Stage, Stages};
 
 /// Runs the stages in order, stopping at the first failure.
 pub async fn probe(t: &ProbeTarget) -> Vec<Stage> {

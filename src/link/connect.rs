@@ -1,6 +1,7 @@
 //! Outgoing stream links: connect, secure (TLS with our certificate, bounded by a
 //! timeout), run the link's handler on the connection, and reconnect with the backoff
 //! when it ends, until the link stops. The connection state is kept for operators.
+//! Transports that are not TCP (QUIC) bring their own [`Dialer`] and keep the rest.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,16 +10,33 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::future::BoxFuture;
+
 use super::backoff::{Attempts, Backoff};
+use super::peer::PeerIdentity;
 use super::listen::{tune, Conn, Handler};
 use super::status::{ConnStatus, LinkState};
 use super::tls;
 
-/// How a dialled connection is secured.
+/// How a dialled connection is made and secured.
 #[derive(Clone)]
 pub enum Dial {
     Plain,
     Tls { connector: TlsConnector, server_name: String, handshake_timeout: Duration },
+    /// Another transport's own way (QUIC: a handshake and a stream).
+    Custom(Arc<dyn Dialer>),
+}
+
+/// A connection made by a [`Dialer`].
+pub struct Dialled {
+    pub io: Box<dyn super::Io>,
+    pub remote: String,
+    pub identity: Option<PeerIdentity>,
+}
+
+/// Makes one connection to `address`, or says why it could not (for the log and status).
+pub trait Dialer: Send + Sync + 'static {
+    fn dial<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<Dialled, String>>;
 }
 
 /// An outgoing stream link.
@@ -67,6 +85,18 @@ async fn once(c: &Connector, handler: &Arc<dyn Handler>, cancel: &CancellationTo
         c.status.error(what);
         Ok(())
     };
+    if let Dial::Custom(d) = &c.dial {
+        let Dialled { io, remote, identity } = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = d.dial(&c.address) => match r {
+                Ok(d) => d,
+                Err(e) => return failed(e),
+            },
+        };
+        c.status.up();
+        handler.clone().run(Conn { io, remote, identity, cancel: cancel.clone() }).await;
+        return Ok(());
+    }
     let tcp = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         r = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&c.address)) => match r {
@@ -78,7 +108,7 @@ async fn once(c: &Connector, handler: &Arc<dyn Handler>, cancel: &CancellationTo
     tune(&tcp);
     let remote = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| c.address.clone());
     let (io, identity): (Box<dyn super::Io>, _) = match &c.dial {
-        Dial::Plain => (Box::new(tcp), None),
+        Dial::Plain | Dial::Custom(_) => (Box::new(tcp), None),
         Dial::Tls { connector, server_name, handshake_timeout } => {
             let name = rustls::pki_types::ServerName::try_from(server_name.clone()).map_err(|e| Fatal(format!("bad server name {server_name:?}: {e}")))?;
             match tokio::time::timeout(*handshake_timeout, connector.connect(name, tcp)).await {

@@ -163,7 +163,7 @@ impl Limits {
     }
 
     /// A place for a connection from `ip`, or why there is none.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, String> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, String> {
         let open = self.open.fetch_add(1, SeqCst);
         if self.max_connections.is_some_and(|m| open >= m) {
             self.open.fetch_sub(1, SeqCst);
@@ -182,7 +182,7 @@ impl Limits {
     }
 
     /// A place for one more connection with this certificate, or why there is none.
-    fn admit_identity(self: &Arc<Self>, id: &PeerIdentity) -> Result<Option<IdentitySlot>, String> {
+    pub fn admit_identity(self: &Arc<Self>, id: &PeerIdentity) -> Result<Option<IdentitySlot>, String> {
         let Some(max) = self.max_per_identity else { return Ok(None) };
         let mut per = lock(&self.per_identity);
         let n = per.entry(id.fingerprint.clone()).or_insert(0);
@@ -205,7 +205,7 @@ fn release<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: &K) {
 }
 
 /// A connection's place under the limits, given back when it closes.
-struct Slot {
+pub struct Slot {
     limits: Arc<Limits>,
     ip: IpAddr,
 }
@@ -218,7 +218,7 @@ impl Drop for Slot {
 }
 
 /// A connection's place under the per-identity limit.
-struct IdentitySlot {
+pub struct IdentitySlot {
     limits: Arc<Limits>,
     fingerprint: String,
 }
@@ -239,12 +239,12 @@ pub struct Listener {
 }
 
 impl Listener {
-    fn refuse(&self, remote: &str, why: &dyn std::fmt::Display) {
+    pub fn refuse(&self, remote: &str, why: &dyn std::fmt::Display) {
         let n = LinkCounters::inc(&self.counters.refused);
         log_bad_input(n, &self.link, remote, &format!("connection refused: {why}"));
     }
 
-    fn failed(&self, remote: &str, why: &dyn std::fmt::Display) {
+    pub fn failed(&self, remote: &str, why: &dyn std::fmt::Display) {
         let n = LinkCounters::inc(&self.counters.decode_errors);
         log_bad_input(n, &self.link, remote, why);
     }

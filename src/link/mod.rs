@@ -9,7 +9,8 @@
 //! * [`rate`]: the one token bucket (read rates, per-uid rate limits); [`backoff`]: the
 //!   one reconnect backoff.
 //! * [`listen`] and [`connect`]: accepting (limits, TLS handshakes off the accept loop) and
-//!   reconnecting, for every stream link; [`tls`]: rustls configurations from PEM files.
+//!   reconnecting, for every stream link; [`tls`]: rustls configurations from PEM files;
+//!   [`quic`]: quinn configurations and a QUIC stream as an [`Io`].
 //! * [`write`]: coalesced writes with a write timeout, toward every stream peer.
 //! * [`latency`]: the delivery latency histogram.
 //!
@@ -22,6 +23,8 @@ pub mod ingest;
 pub mod latency;
 pub mod listen;
 pub mod peer;
+pub mod probe;
+pub mod quic;
 pub mod rate;
 pub mod status;
 pub mod tls;

@@ -102,7 +102,14 @@ pub fn server_config(cert: &Path, key: &Path, ca: Option<&Path>, require_client_
 /// [`server_config`], refusing client certificates revoked by `crls` (and those whose
 /// issuer has no list there).
 pub fn server_config_with_crls(cert: &Path, key: &Path, ca: Option<&Path>, require_client_cert: bool, crls: &[std::path::PathBuf]) -> Result<ServerConfig, TlsError> {
-    let b = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    server_config_versions(cert, key, ca, require_client_cert, crls, rustls::DEFAULT_VERSIONS)
+}
+
+/// TLS 1.3 only (QUIC has no other).
+const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn server_config_versions(cert: &Path, key: &Path, ca: Option<&Path>, require_client_cert: bool, crls: &[std::path::PathBuf], versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<ServerConfig, TlsError> {
+    let b = ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
     let b = match ca {
         Some(ca) => {
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
@@ -122,7 +129,11 @@ pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<Clie
 
 /// [`client_config`], refusing server certificates revoked by `crls`.
 pub fn client_config_with_crls(ca: &Path, cert_key: Option<(&Path, &Path)>, crls: &[std::path::PathBuf]) -> Result<ClientConfig, TlsError> {
-    let b = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    client_config_versions(ca, cert_key, crls, rustls::DEFAULT_VERSIONS)
+}
+
+fn client_config_versions(ca: &Path, cert_key: Option<(&Path, &Path)>, crls: &[std::path::PathBuf], versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<ClientConfig, TlsError> {
+    let b = ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
     let b = if crls.is_empty() {
         b.with_root_certificates(roots(ca)?)
     } else {
@@ -182,6 +193,23 @@ pub fn server_for(f: &crate::config::link::TlsFiles, l: &crate::config::link::Tl
 pub fn server_for_required(f: &crate::config::link::TlsFiles, require_client_cert: bool, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let (Some(cert), Some(key)) = (&f.cert, &f.key) else { return Err(TlsError::Missing("a tls listener needs cert and key")) };
     let mut c = server_config_with_crls(cert, key, f.ca.as_deref(), require_client_cert, &f.crl)?;
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+/// The TLS 1.3 server configuration of a QUIC listener: client certificates always
+/// required (as TAK Server's QUIC input), verified against `ca` and its CRLs.
+pub fn server_for_quic(f: &crate::config::link::TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+    let (Some(cert), Some(key)) = (&f.cert, &f.key) else { return Err(TlsError::Missing("a quic listener needs cert and key")) };
+    let ca = f.ca.as_deref().ok_or(TlsError::Missing("a quic listener needs ca (client certificates are required)"))?;
+    let mut c = server_config_versions(cert, key, Some(ca), true, &f.crl, TLS13)?;
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+/// The TLS 1.3 client configuration of an outgoing QUIC link (or probe, or bench client).
+pub fn client_for_quic(ca: &Path, cert_key: Option<(&Path, &Path)>, crls: &[std::path::PathBuf], alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let mut c = client_config_versions(ca, cert_key, crls, TLS13)?;
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(c)
 }

@@ -210,7 +210,7 @@ impl Router {
     /// Removes peer `id`. A TAK client that disconnects has left: returns the `t-x-d-d` TAK
     /// Server sends for it (to route), so other clients and federates drop the contact.
     pub fn detach(&mut self, id: LinkId) -> Vec<Arc<Message>> {
-        let client = self.peers.iter().any(|p| p.info.id == id && matches!(p.info.transport, "tcp" | "tls"));
+        let client = self.peers.iter().any(|p| p.info.id == id && matches!(p.info.transport, "tcp" | "tls" | "quic"));
         self.peers.retain(|p| p.info.id != id);
         self.by_callsign.drop_link(id);
         self.by_uid.drop_link(id);

@@ -51,6 +51,9 @@ pub struct StreamConfig {
     pub idle_timeout: Duration,
     /// Our uid in control events.
     pub node_id: String,
+    /// Client: ping at once (a TAK Server QUIC input learns of the stream only from the
+    /// client's first bytes, and says nothing before).
+    pub ping_first: bool,
 }
 
 /// Why a session ended on its own.
@@ -111,6 +114,10 @@ impl StreamSession {
             closed: None,
             cfg,
         };
+        if s.cfg.role == Role::Client && s.cfg.ping_first {
+            let ping = control::ping(&s.cfg.node_id, CotTime::now());
+            s.send(ping);
+        }
         if offers {
             let offer = control::offer(&s.cfg.node_id, CotTime::now(), &[1], concat!("takgate ", env!("CARGO_PKG_VERSION")));
             s.send(offer);
@@ -260,7 +267,7 @@ mod tests {
     use super::*;
 
     fn cfg(role: Role) -> StreamConfig {
-        StreamConfig { role, negotiate: true, protobuf_only: false, idle_timeout: Duration::from_secs(120), node_id: "gw".into() }
+        StreamConfig { role, negotiate: true, protobuf_only: false, idle_timeout: Duration::from_secs(120), node_id: "gw".into(), ping_first: false }
     }
 
     fn kinds(s: &mut StreamSession) -> Vec<(String, WireFormat)> {

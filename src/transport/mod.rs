@@ -3,6 +3,7 @@
 //! on each other (the amqp link hands `amqp_mode = "opentakserver"` to [`ots`]).
 //!
 //! * [`stream`]: TCP and TLS streams to and from TAK clients, servers and gateways;
+//! * [`quic`]: the same stream session on TAK's QUIC (`takstream`);
 //! * [`datagram`]: UDP (listen, send) and multicast groups ([`mmsg`] batches on Linux);
 //! * [`amqp`]: the RabbitMQ bridge of a takgate cluster;
 //! * [`ots`]: OpenTAKServer (its bus, its TCP CoT port, its Marti API), with takgate as its
@@ -13,4 +14,5 @@ pub mod datagram;
 #[cfg(target_os = "linux")]
 pub mod mmsg;
 pub mod ots;
+pub mod quic;
 pub mod stream;

@@ -63,6 +63,8 @@ impl StreamSettings {
             protobuf_only: format == Some(SendFormat::Protobuf),
             idle_timeout: secs_or(idle_timeout_secs, if connect { 25.0 } else { 120.0 }),
             node_id: ctx.router.node_id.to_string(),
+            // A QUIC input hears of the stream only when the client writes (TAK Server, ATAK).
+            ping_first: connect && transport == "quic",
         };
         Ok(StreamSettings {
             link: l.name.clone(),
@@ -113,6 +115,11 @@ pub async fn start(l: &LinkConfig, s: &StreamLink, ctx: &LinkCtx) -> Result<Link
         }
     }
     Ok(status)
+}
+
+/// What runs the stream session on each connection of a link (TCP, TLS or QUIC).
+pub fn handler(s: Arc<StreamSettings>, router: RouterHandle) -> Arc<dyn Handler> {
+    Arc::new(StreamHandler { s, router })
 }
 
 /// Runs the stream session on each connection of a link.

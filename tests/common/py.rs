@@ -41,17 +41,23 @@ impl PeerRun {
 
 /// Runs tests/py/peer.py (a pytak client) with `args`; kills it after `limit_secs`.
 pub async fn peer(args: Vec<String>, limit_secs: f64) -> PeerRun {
+    run_script("peer.py", args, limit_secs).await
+}
+
+/// Runs a script of tests/py that prints one JSON object per line and `{"done": …}` last
+/// (peer.py, quic_client.py); kills it after `limit_secs`.
+pub async fn run_script(name: &str, args: Vec<String>, limit_secs: f64) -> PeerRun {
     let child = tokio::process::Command::new(python())
-        .arg(script("peer.py"))
+        .arg(script(name))
         .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("start peer.py");
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
     let out = match tokio::time::timeout(std::time::Duration::from_secs_f64(limit_secs), child.wait_with_output()).await {
-        Ok(o) => o.expect("peer.py output"),
-        Err(_) => panic!("peer.py {args:?} did not finish within {limit_secs} s"),
+        Ok(o) => o.unwrap_or_else(|e| panic!("{name} output: {e}")),
+        Err(_) => panic!("{name} {args:?} did not finish within {limit_secs} s"),
     };
     let mut run = PeerRun { stderr: String::from_utf8_lossy(&out.stderr).into_owned(), status: out.status.code(), ..Default::default() };
     for line in String::from_utf8_lossy(&out.stdout).lines() {

@@ -250,6 +250,10 @@ async def run(args) -> int:
 
     sent = 0
     status = 0
+    if args.go_file:
+        # The test says when everyone is connected (it creates the file).
+        while not __import__("os").path.exists(args.go_file):
+            await asyncio.sleep(0.02)
     if args.send_xml:
         with open(args.send_xml, "rb") as fh:
             payloads = [fh.read()] * (args.send if args.send is not None else 1)
@@ -328,6 +332,7 @@ def main() -> int:
                     help="TAK protocol v1: pytak TAK_PROTO=1 (takproto) for sending; "
                     "read stream frames as protobuf")
     ap.add_argument("--ping", action="store_true", help="send one t-x-c-t ping first")
+    ap.add_argument("--go-file", help="wait until this file exists before sending")
     ap.add_argument("--stale", type=int, default=120, help="stale seconds for generated events")
     ap.add_argument("--mcast-if", default="127.0.0.1",
                     help="PYTAK_MULTICAST_LOCAL_ADDR: interface address for multicast")
