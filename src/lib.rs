@@ -28,8 +28,10 @@
 //! The links (everything attached to the router):
 //!
 //! * [`link`]: what every link shares: the I/O trait, peer identity, codec, counters, status,
-//!   ingest into the router, read-rate limits, backoff, accepting and reconnecting, TLS.
-//! * [`transport`]: TCP/TLS streams, UDP and multicast, a takgate cluster over RabbitMQ,
+//!   ingest into the router, read-rate limits, backoff, accepting and reconnecting, TLS,
+//!   QUIC (configurations, a stream as I/O), the stages of a connection test.
+//! * [`transport`]: TCP/TLS streams, the same on TAK's QUIC (`takstream`, with
+//!   `takgate quic test`), UDP and multicast, a takgate cluster over RabbitMQ,
 //!   and OpenTAKServer (its bus, its TCP CoT port as its clients, its Marti API).
 //! * [`federation`]: TAK Server federation v1 and v2 (both roles), GeoEvent conversion, the
 //!   staged connection test.

@@ -344,6 +344,105 @@ async fn federation_v2_over_a_lossy_and_broken_link_delivers_every_mission_chang
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Latency percentiles (ms) and how many of `sent` arrived.
+fn summary(lat: &mut [f64], sent: usize) -> String {
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * q).round() as usize] };
+    format!("{} of {sent} delivered, latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms", lat.len(), p(0.5), p(0.99), p(1.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_and_tcp_between_two_takgates_over_a_30_percent_loss_link() {
+    assert!(nix_root(), "this test builds network namespaces: run it as root");
+    let mut net = Net::new();
+    let dir = std::env::temp_dir().join(format!("takgate-netem-quic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = Authority::new(&dir, "netem quic CA").unwrap();
+    let (bc, bk) = ca.leaf("node-b", &[&net.b_fed(), "localhost"]).unwrap();
+    let (ac, ak) = ca.leaf("node-a", &["localhost"]).unwrap();
+    let b_cfg = dir.join("b.toml");
+    // B listens on the shaped link with TCP and QUIC; each link carries one uid prefix only.
+    std::fs::write(
+        &b_cfg,
+        format!(
+            "[node]\nid = \"node-b\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"{clean}:8088\"\nidle_timeout_secs = 3600\n\
+             [[link]]\nname = \"tcp-in\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"{fed}:8087\"\npolicy = {{ uids_allow = [\"T-*\"] }}\n\
+             [[link]]\nname = \"quic-in\"\ntransport = \"quic\"\nmode = \"listen\"\naddress = \"{fed}:8090\"\nca = \"{ca}\"\ncert = \"{bc}\"\nkey = \"{bk}\"\nhandshake_timeout_secs = 30\npolicy = {{ uids_allow = [\"Q-*\"] }}\n",
+            clean = net.b_clean(),
+            fed = net.b_fed(),
+            ca = ca.ca.display(),
+            bc = bc.display(),
+            bk = bk.display()
+        ),
+    )
+    .unwrap();
+    net.shape(0.30, 50);
+    let b_log = std::fs::File::create(dir.join("b.log")).unwrap();
+    net.b = Some(Command::new("ip").args(["netns", "exec", &net.ns, env!("CARGO_BIN_EXE_takgate"), "run", "--config"]).arg(&b_cfg).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(b_log).spawn().unwrap());
+    let b_client: std::net::SocketAddr = format!("{}:8088", net.b_clean()).parse().unwrap();
+    assert!(common::listening(b_client, 10.0).await, "node B listens in its namespace");
+    let mut beta = Client::tcp(b_client).await;
+    let a = gateway(&format!(
+        "[node]\nid = \"node-a\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nidle_timeout_secs = 3600\n\
+         [[link]]\nname = \"up-tcp\"\ntransport = \"tcp\"\nmode = \"connect\"\naddress = \"{fed}:8087\"\nreconnect_min_secs = 0.5\nreconnect_max_secs = 2\npolicy = {{ uids_allow = [\"T-*\"] }}\n\
+         [[link]]\nname = \"up-quic\"\ntransport = \"quic\"\nmode = \"connect\"\naddress = \"{fed}:8090\"\nserver_name = \"localhost\"\nca = \"{ca}\"\ncert = \"{ac}\"\nkey = \"{ak}\"\nhandshake_timeout_secs = 30\nreconnect_min_secs = 0.5\nreconnect_max_secs = 2\npolicy = {{ uids_allow = [\"Q-*\"] }}\n",
+        fed = net.b_fed(),
+        ca = ca.ca.display(),
+        ac = ac.display(),
+        ak = ak.display()
+    ))
+    .await;
+    let up = |name: &str| a.connection(name).is_some_and(|c| c.state == takgate::link::LinkState::Connected);
+    assert!(eventually(120.0, || up("up-tcp") && up("up-quic")).await, "both links up across the lossy link: {:?} {:?}", a.connection("up-tcp"), a.connection("up-quic"));
+    let connects = |name: &str| a.connection(name).map(|c| c.connects).unwrap_or(0);
+    let before = (connects("up-tcp"), connects("up-quic"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut alpha = Client::tcp(a.local_addr("c").unwrap()).await;
+    // 30 s of 5 position reports a second on each link, then 20 s to deliver the rest.
+    let (n, every) = (150u32, Duration::from_millis(200));
+    let mut sent_at = std::collections::HashMap::new();
+    let mut arrived: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
+    let start = Instant::now();
+    for i in 0..n {
+        for p in ["T", "Q"] {
+            let uid = format!("{p}-{i}");
+            alpha.send(&pli(&uid, p, i)).await;
+            sent_at.insert(uid, Instant::now());
+        }
+        let next = start + every * (i + 1);
+        while Instant::now() < next {
+            if let Some(ev) = beta.recv(next.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))).await {
+                arrived.entry(ev.uid).or_insert_with(Instant::now);
+            }
+        }
+    }
+    let drain = Instant::now();
+    while drain.elapsed() < Duration::from_secs(20) && arrived.len() < 2 * n as usize {
+        if let Some(ev) = beta.recv(Duration::from_millis(200)).await {
+            arrived.entry(ev.uid).or_insert_with(Instant::now);
+        }
+    }
+    let lat = |p: &str| -> Vec<f64> { sent_at.iter().filter(|(u, _)| u.starts_with(p)).filter_map(|(u, t)| arrived.get(u).map(|a| a.duration_since(*t).as_secs_f64() * 1000.0)).collect() };
+    let (mut tcp, mut quic) = (lat("T-"), lat("Q-"));
+    let after = (connects("up-tcp"), connects("up-quic"));
+    let report = format!(
+        "30% loss and 50 ms delay each way, 5 events/s per link for 30 s:\n  quic: {} ({} reconnects)\n  tcp:  {} ({} reconnects)\n  shaper: {} packets dropped, {} passed",
+        summary(&mut quic, n as usize),
+        after.1 - before.1,
+        summary(&mut tcp, n as usize),
+        after.0 - before.0,
+        net.shaper.dropped.load(Relaxed),
+        net.shaper.passed.load(Relaxed)
+    );
+    eprintln!("{report}");
+    let _ = std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/netem-quic-report.txt"), report.clone() + "\n");
+    assert_eq!(quic.len(), n as usize, "every event crosses the lossy link over QUIC: {report}");
+    assert_eq!(after.1, before.1, "the QUIC session rides out the loss: {report}");
+    a.shutdown().await;
+    drop(net);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn nix_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }

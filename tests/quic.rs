@@ -174,7 +174,7 @@ async fn refusals_wrong_alpn_no_certificate_unknown_ca_revoked_each_say_why() {
     let stranger = Pki::new("stranger", &["eve"]);
     let out = Command::new(env!("CARGO_BIN_EXE_takgate")).args(["certs", "revoke", "--dir", &pki.p(""), &pki.p("mallory.pem")]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let gw = gateway(&pki.quic_listener(&format!("crl = [\"{}\"]", pki.p("crl.pem")))).await;
+    let gw = gateway(&format!("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"quic-test-token-0123\"\n{}", pki.quic_listener(&format!("crl = [\"{}\"]", pki.p("crl.pem"))))).await;
     let port = gw.local_addr("quic").unwrap().port();
     let ca = pki.p("ca.pem");
     let cases = [
@@ -192,10 +192,41 @@ async fn refusals_wrong_alpn_no_certificate_unknown_ca_revoked_each_say_why() {
         assert!(ok && line.contains(says), "{what}: the log says {says:?}: {line:?}\n{text}");
     }
     assert_eq!(gw.counters("quic").unwrap().snapshot().decode_errors, 4);
+    // The operator sees them in the metrics and the admin API.
+    let metrics = http_get(gw.admin_addr().unwrap(), "/metrics").await;
+    assert!(metrics.lines().any(|l| l == "takgate_decode_errors_total{link=\"quic\",transport=\"quic\"} 4"), "{metrics}");
+    let links: serde_json::Value = serde_json::from_str(&http_get(gw.admin_addr().unwrap(), "/api/links").await).unwrap();
+    let q = links.as_array().into_iter().flatten().chain(links["links"].as_array().into_iter().flatten()).find(|l| l["name"] == "quic").cloned().unwrap_or_default();
+    assert_eq!(q["transport"], "quic", "{links:#}");
     // The link keeps working for a good client.
     let run = quic_client(format!("--port {port} {} --send 1 --listen 0.3", pki.client_args("alice")), 30.0).await;
     assert_eq!((run.status, run.done.as_ref().map(|d| d["sent"].clone())), (Some(0), Some(serde_json::json!(1))), "{:?} {}", run.done, run.stderr);
     gw.shutdown().await;
+}
+
+/// The body of a GET to the admin API.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer quic-test-token-0123\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut b = Vec::new();
+    s.read_to_end(&mut b).await.unwrap();
+    let text = String::from_utf8_lossy(&b).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        return out;
+    }
+    body.to_owned()
 }
 
 fn quic_connect(pki: &Pki, target: std::net::SocketAddr, extra: &str) -> String {
@@ -305,5 +336,27 @@ async fn bench_clients_over_quic_count_every_delivery() {
         assert_eq!(s.delivered, s.expected_deliveries, "{s:?}");
         assert_eq!((s.pongs, s.disconnects), (20, 0), "{s:?}");
     }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_refuse_at_once_and_are_counted() {
+    let pki = Pki::new("limits", &["alice", "bob", "carol"]);
+    let gw = gateway(&pki.quic_listener("max_connections = 2\nmax_connections_per_identity = 1\n")).await;
+    let port = gw.local_addr("quic").unwrap().port();
+    let hold = |cn: &str| tokio::spawn(quic_client(format!("--port {port} {} --uid HOLD-{cn} --send 1 --listen 6", pki.client_args(cn)), 30.0));
+    let alice = hold("alice");
+    assert!(peers_attached(&gw, 1, 15.0).await);
+    // The same certificate again: refused after the handshake, by identity.
+    let again = quic_client(format!("--port {port} {} --uid ALICE-2 --send 1 --listen 1", pki.client_args("alice")), 30.0).await;
+    assert_eq!(again.status, Some(2), "a second connection with alice's certificate: {:?}", again.done);
+    let bob = hold("bob");
+    assert!(peers_attached(&gw, 2, 15.0).await);
+    // A third connection: over max_connections, refused before any handshake.
+    let carol = quic_client(format!("--port {port} {} --uid CAROL --send 1 --listen 1", pki.client_args("carol")), 30.0).await;
+    assert_eq!(carol.status, Some(2), "over max_connections: {:?}", carol.done);
+    assert_eq!(gw.counters("quic").unwrap().snapshot().refused, 2);
+    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    assert_eq!((alice.status, bob.status), (Some(0), Some(0)), "the connections within the limits are not disturbed: {:?} {:?}", alice.done, bob.done);
     gw.shutdown().await;
 }

@@ -859,7 +859,7 @@ mod tests {
     #[test]
     fn a_key_in_the_wrong_place_says_where_it_applies() {
         let e = link("name='a'\ntransport='tcp'\nmode='connect'\naddress='h:1'\nmax_connections=3\n").unwrap_err();
-        assert!(e.contains("max_connections: does not apply to a tcp link with mode = \"connect\"") && e.contains("tcp, tls and federation listeners"), "{e}");
+        assert!(e.contains("max_connections: does not apply to a tcp link with mode = \"connect\"") && e.contains("tcp, tls, quic and federation listeners"), "{e}");
         let e = link("name='a'\ntransport='tcp'\naddress='0.0.0.0:1'\nttl=3\n").unwrap_err();
         assert!(e.contains("ttl") && e.contains("multicast links"), "{e}");
         let e = link("name='a'\ntransport='udp'\naddress='0.0.0.0:1'\nbogus=3\n").unwrap_err();

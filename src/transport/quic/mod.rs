@@ -167,7 +167,7 @@ async fn connection(l: &Listener, conn: quinn::Connection, remote: SocketAddr, r
     let _id_slot = match identity.as_ref().map(|i| l.limits.admit_identity(i)).transpose() {
         Ok(s) => s.flatten(),
         Err(why) => {
-            conn.close(quinn::VarInt::from_u32(0), b"connection limit");
+            conn.close(quinn::VarInt::from_u32(1), b"connection limit (max_connections_per_identity)");
             return l.refuse(&remote_s, &why);
         }
     };
