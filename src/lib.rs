@@ -35,6 +35,7 @@
 //!   and OpenTAKServer (its bus, its TCP CoT port as its clients, its Marti API).
 //! * [`federation`]: TAK Server federation v1 and v2 (both roles), GeoEvent conversion, the
 //!   staged connection test.
+//! * [`hub`]: takgate as a TAK Federation Hub: v2 federates routed by TAK's policy graph.
 //!
 //! The durable path and the services around it:
 //!
@@ -59,6 +60,7 @@ pub mod cotcmd;
 pub mod error;
 pub mod federation;
 pub mod fuzz;
+pub mod hub;
 pub mod link;
 pub mod missions;
 pub mod router;

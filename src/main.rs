@@ -50,6 +50,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FederationCmd,
     },
+    /// Federation Hub tools.
+    Hub {
+        #[command(subcommand)]
+        cmd: HubCmd,
+    },
     /// QUIC tools.
     Quic {
         #[command(subcommand)]
@@ -188,6 +193,15 @@ enum FederationCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum HubCmd {
+    /// Validate a hub policy file (TAK's hub UI export) offline and print its graph.
+    Check { policy: PathBuf },
+    /// The CA group id of each CA certificate in a PEM file, as the hub (and TAK's hub)
+    /// names it in a policy's GroupCell.
+    CaGroup { ca: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -386,6 +400,13 @@ fn main() -> ExitCode {
             };
             print_stages(&rt.block_on(takgate::transport::quic::probe::probe(&target)), json)
         }
+        Cmd::Hub { cmd } => match hub_cmd(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("takgate hub: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Certs { cmd } => match certs(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -446,6 +467,41 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn hub_cmd(cmd: HubCmd) -> Result<(), String> {
+    use takgate::hub::policy::{End, Policy};
+    match cmd {
+        HubCmd::Check { policy } => {
+            let text = std::fs::read_to_string(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
+            let p = Policy::parse(&text).map_err(|e| format!("{}: {e}", policy.display()))?;
+            println!("{}: policy {:?}: {} groups, {} federates, {} outgoing, {} edges", policy.display(), p.name, p.groups.len(), p.federates.len(), p.outgoings.len(), p.edges.len());
+            let end = |e: &End| match e {
+                End::Group(n) => format!("group {n}"),
+                End::Federate(n) => format!("federate {n}"),
+                End::Outgoing(n) => format!("outgoing {n}"),
+            };
+            for g in &p.groups {
+                println!("  group    {}{}", g.name, if g.interconnected { " (interconnected)" } else { "" });
+            }
+            for f in &p.federates {
+                println!("  federate {} in {:?}", f.name, f.groups);
+            }
+            for o in &p.outgoings {
+                println!("  outgoing {} -> {}:{}{}", o.name, o.host, o.port, if o.enabled { "" } else { " (disabled)" });
+            }
+            for e in &p.edges {
+                println!("  edge     {:?}: {} -> {}: {}", e.name, end(&e.source), end(&e.destination), serde_json::to_string(&e.filter).unwrap_or_default());
+            }
+            Ok(())
+        }
+        HubCmd::CaGroup { ca } => {
+            for c in takgate::link::tls::load_certs(&ca).map_err(|e| e.to_string())? {
+                println!("{}", takgate::hub::identity::ca_group_id(&c)?);
+            }
+            Ok(())
         }
     }
 }

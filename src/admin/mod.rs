@@ -37,6 +37,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/federation/servers/{id}/test"),
     ("get", "/api/federation/health"),
     ("get", "/api/links"),
+    ("get", "/api/hub"),
+    ("post", "/api/hub/reload"),
     ("get", "/api/missions"),
     ("get", "/api/missions/{name}/changes"),
     ("get", "/api/openapi.json"),
@@ -69,6 +71,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/federation/servers/{id}/test", post(test_server))
         .route("/api/federation/health", get(federation_health))
         .route("/api/links", get(links))
+        .route("/api/hub", get(hub))
+        .route("/api/hub/reload", post(hub_reload))
         .route("/api/missions", get(missions))
         .route("/api/missions/{name}/changes", get(mission_changes))
         .route("/api/openapi.json", get(openapi))
@@ -139,6 +143,19 @@ async fn links(State(st): St) -> Response {
         })
         .collect();
     reply(StatusCode::OK, json!({"success": true, "links": v}))
+}
+
+async fn hub(State(st): St) -> Response {
+    let Some(h) = &st.control.hub else { return fail(StatusCode::NOT_FOUND, "hub mode is off (no [hub] section)") };
+    reply(StatusCode::OK, json!({"success": true, "id": h.id, "address": h.address.to_string(), "max_hops": h.max_hops, "policy": *h.policy(), "policy_error": h.policy_error(), "federates": h.view(), "counters": h.counters.snapshot()}))
+}
+
+async fn hub_reload(State(st): St) -> Response {
+    let Some(h) = &st.control.hub else { return fail(StatusCode::NOT_FOUND, "hub mode is off (no [hub] section)") };
+    match h.reload() {
+        Ok(()) => reply(StatusCode::OK, json!({"success": true, "policy": *h.policy()})),
+        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
 }
 
 async fn missions(State(st): St) -> Response {
@@ -233,6 +250,8 @@ fn summary(method: &str, path: &str) -> &'static str {
         ("post", "/api/federation/servers/{id}/test") => "Staged connection test",
         ("get", "/api/federation/health") => "Federation summary",
         ("get", "/api/links") => "Every link: transport, remote, counters, queue depth, drops",
+        ("get", "/api/hub") => "Federation Hub: the policy graph, each federate's state, groups, reach and counters",
+        ("post", "/api/hub/reload") => "Federation Hub: read the policy file again (refused with the reason when it does not validate)",
         ("get", "/api/missions") => "Missions",
         ("get", "/api/missions/{name}/changes") => "A mission's changes, oldest first",
         ("get", "/api/openapi.json") => "This document",

@@ -28,6 +28,8 @@ pub struct Config {
     pub missions: MissionsConfig,
     /// The admin API and dashboard; absent: not served.
     pub admin: Option<AdminConfig>,
+    /// Federation Hub mode; absent: off.
+    pub hub: Option<HubConfig>,
     pub links: Vec<LinkConfig>,
 }
 
@@ -48,6 +50,7 @@ struct RawConfig {
     pub missions: MissionsConfig,
     /// The admin API and dashboard; absent: not served.
     pub admin: Option<AdminConfig>,
+    pub hub: Option<HubConfig>,
     #[serde(default, rename = "link")]
     pub links: Vec<toml::Table>,
 }
@@ -74,6 +77,41 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None, cert: None, key: None, ca: None }
     }
+}
+
+/// takgate as a TAK Federation Hub: TAK Servers (and takgates) federate through it over v2,
+/// and what passes between them is decided by a policy file as TAK's hub UI exports it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Federation v2 (gRPC) listen address (TAK's hub: 9102).
+    #[serde(default = "hub_v2_address")]
+    pub address: String,
+    /// The CAs federates' certificates chain to (one PEM file, several CAs allowed).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// The policy graph (JSON, as TAK's hub UI exports it). Re-read when it changes.
+    pub policy: PathBuf,
+    /// Hops a message may have made when it leaves the hub (default 2; -1: unlimited).
+    #[serde(default = "hub_max_hops")]
+    pub max_hops: i64,
+    /// Close a federate's session after this long without a health check (TAK: 15).
+    #[serde(default)]
+    pub health_timeout_secs: Option<f64>,
+    /// Queue depth per federate and stream (default 16384).
+    #[serde(default)]
+    pub queue_depth: Option<usize>,
+}
+
+fn hub_v2_address() -> String {
+    "0.0.0.0:9102".into()
+}
+
+fn hub_max_hops() -> i64 {
+    2
 }
 
 /// Where missions, federation servers and the outbound queue are kept.
@@ -159,7 +197,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         let links = raw.links.into_iter().enumerate().map(|(i, t)| LinkConfig::from_table(i, t)).collect::<Result<Vec<_>, _>>()?;
-        let cfg = Config { node: raw.node, router: raw.router, log: raw.log, store: raw.store, missions: raw.missions, admin: raw.admin, links };
+        let cfg = Config { node: raw.node, router: raw.router, log: raw.log, store: raw.store, missions: raw.missions, admin: raw.admin, hub: raw.hub, links };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -207,6 +245,19 @@ impl Config {
             }
             if a.token.as_deref().is_some_and(|t| t.len() < 16) {
                 return Err(ConfigError("admin.token: use at least 16 characters".into()));
+            }
+        }
+        if let Some(h) = &self.hub {
+            h.address.parse::<SocketAddr>().map_err(|_| ConfigError(format!("hub.address: {:?} is not an IP:port", h.address)))?;
+            for (k, p) in [("ca", &h.ca), ("cert", &h.cert), ("key", &h.key), ("policy", &h.policy)].into_iter().chain(h.crl.iter().map(|p| ("crl", p))) {
+                if !p.is_file() {
+                    return Err(ConfigError(format!("hub.{k}: {}: no such file", p.display())));
+                }
+            }
+            let text = std::fs::read_to_string(&h.policy).map_err(|e| ConfigError(format!("hub.policy: {}: {e}", h.policy.display())))?;
+            crate::hub::policy::Policy::parse(&text).map_err(|e| ConfigError(format!("hub.policy: {}: {e}", h.policy.display())))?;
+            if h.health_timeout_secs.is_some_and(|t| !(t > 0.0)) {
+                return Err(ConfigError("hub.health_timeout_secs: must be a positive number of seconds".into()));
             }
         }
         if self.store.path.as_deref() == Some("") {

@@ -23,6 +23,10 @@ pub struct PeerIdentity {
     /// How many certificates the peer presented (TAK needs its leaf and issuer).
     #[serde(skip)]
     pub chain_len: usize,
+    /// The CA certificates the peer presented after its leaf (DER): a Federation Hub names
+    /// a federate's CA groups from them.
+    #[serde(skip)]
+    pub issuers: Vec<Vec<u8>>,
 }
 
 impl PeerIdentity {

@@ -38,6 +38,8 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Per-stream receive window: what a peer may send ahead of our reading. ATAK grants 128
 /// KiB; a gateway's stream carries a whole network's fan-out, so it grants 1 MiB.
 pub const DEFAULT_STREAM_WINDOW: u64 = 1 << 20;
+/// Bytes buffered toward one peer before writes wait (about a second of a busy fan-out).
+pub const SEND_WINDOW: u64 = 512 << 10;
 /// UDP socket buffers asked for (the kernel caps them at net.core.[rw]mem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -71,8 +73,16 @@ pub fn transport_config(s: &QuicSettings, side: Side) -> quinn::TransportConfig 
     t.stream_receive_window(window);
     // One stream per connection: the connection's window is the stream's, with room.
     t.receive_window(quinn::VarInt::from_u64(s.stream_window.saturating_mul(2)).unwrap_or(window));
-    // What we buffer toward a peer before writes wait (and the write timeout starts to count).
-    t.send_window(s.stream_window.saturating_mul(4));
+    // What quinn buffers toward a peer before writes wait (then the peer's queue fills and
+    // overflows, and a write stalled past the write timeout disconnects it, as on TCP). It is
+    // memory per connection, like a TCP send buffer: not the receive window's multiple, or a
+    // few hundred slow readers hold gigabytes.
+    t.send_window(SEND_WINDOW);
+    // Ask the peer to acknowledge every 8 packets (or within its ACK delay) instead of every
+    // other one: the ACKs of a busy stream are as many packets as its data otherwise.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(8));
+    t.ack_frequency_config(Some(ack));
     t
 }
 

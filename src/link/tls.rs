@@ -179,7 +179,7 @@ pub fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
     let cn_of = |n: &x509_parser::x509::X509Name<'_>| n.iter_common_name().next().and_then(|cn| cn.as_str().ok().map(str::to_owned)).unwrap_or_default();
     let cn = parsed.as_ref().map(|(_, c)| cn_of(c.subject())).unwrap_or_default();
     let issuer_cn = parsed.as_ref().map(|(_, c)| cn_of(c.issuer())).unwrap_or_default();
-    Some(PeerIdentity { cn, fingerprint: fingerprint(der), issuer_cn, chain_len: chain.len() })
+    Some(PeerIdentity { cn, fingerprint: fingerprint(der), issuer_cn, chain_len: chain.len(), issuers: chain.iter().skip(1).map(|c| c.to_vec()).collect() })
 }
 
 /// The server configuration of a TLS or federation listener: our chain, and client

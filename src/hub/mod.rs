@@ -1,0 +1,446 @@
+//! takgate as a TAK Federation Hub (`[hub]`): TAK Servers and takgates federate through it
+//! over federation v2 (gRPC, default port 9102) and what passes between them is decided by a
+//! policy graph in TAK's own file format (../shared/specs/tak-fedhub.md). The hub never
+//! terminates CoT: it forwards `FederatedEvent`, `FederateGroups` and `ROL` messages as they
+//! came, rewriting their group lists along the edge they take, stamping its provenance and
+//! counting hops; it drops whatever already carries its provenance.
+//!
+//! * [`policy`]: the policy file (both shapes TAK's UI writes), validation with the node or
+//!   edge at fault, and the one-hop routing rule;
+//! * [`identity`]: CA group ids and federate ids, exactly as TAK's hub computes them;
+//! * [`server`]: the v2 service of one federate session;
+//! * this file: the hub's state (sessions, their streams, contacts, advertised groups),
+//!   routing between sessions, the policy reloaded when its file changes.
+
+pub mod identity;
+pub mod policy;
+mod server;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HubConfig;
+use crate::federation::fig::{Crud, FederateGroups, FederateHops, FederateProvenance, FederatedEvent, Rol};
+use crate::link::{LinkCounters, StartError};
+use crate::sync::lock;
+use policy::{Member, Policy};
+
+/// A federate's streams toward it, once it opened them.
+#[derive(Default)]
+struct Streams {
+    events: Option<mpsc::Sender<FederatedEvent>>,
+    rol: Option<mpsc::Sender<Rol>>,
+    groups: Option<mpsc::Sender<FederateGroups>>,
+}
+
+/// Counters of one federate session.
+#[derive(Debug, Default, Serialize)]
+pub struct SessionCounters {
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub rol_in: AtomicU64,
+    pub rol_out: AtomicU64,
+    /// Not sent to this federate: its queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// One federate connected to the hub.
+pub struct Session {
+    pub serial: u64,
+    pub remote: String,
+    /// Federate id (name-fingerprint-serverId), known from its first Subscription.
+    fed_id: Mutex<String>,
+    name: Mutex<String>,
+    /// The leaf fingerprint, TAK's way (lower-case hex).
+    fingerprint: String,
+    ca_groups: Vec<String>,
+    streams: Mutex<Streams>,
+    /// Its contacts (CREATE contact events), offered to federates that connect later.
+    contacts: Mutex<HashMap<String, FederatedEvent>>,
+    /// The groups it advertised (ClientFederateGroupsStream).
+    advertised: Mutex<Vec<String>>,
+    /// ROL it sent before it opened its ClientROLStream (routed once it does, as TAK's hub).
+    rol_waiting: Mutex<Vec<Rol>>,
+    pub connected: SystemTime,
+    last_health: Mutex<Instant>,
+    pub counters: SessionCounters,
+    pub cancel: CancellationToken,
+}
+
+impl Session {
+    fn member(&self, p: &Policy) -> Member {
+        let id = lock(&self.fed_id).clone();
+        Member { groups: p.membership(&id, &self.ca_groups), id, outgoing: false }
+    }
+    fn identified(&self) -> bool {
+        !lock(&self.fed_id).is_empty()
+    }
+}
+
+/// The hub's state, shared by its sessions and the admin API.
+pub struct Hub {
+    /// Our provenance id (the node id).
+    pub id: String,
+    pub address: std::net::SocketAddr,
+    policy_path: PathBuf,
+    policy: RwLock<Arc<Policy>>,
+    /// The last policy file that did not validate, and why (the previous policy stays).
+    policy_error: Mutex<Option<String>>,
+    sessions: Mutex<Vec<Arc<Session>>>,
+    serial: AtomicU64,
+    pub max_hops: i64,
+    pub health_timeout: Duration,
+    pub queue_depth: usize,
+    pub counters: Arc<LinkCounters>,
+    /// Our certificate (DER), for `Getx509Identity`.
+    own_cert: Vec<u8>,
+}
+
+/// A federate's state for the admin API.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub federate_id: String,
+    pub name: String,
+    pub remote: String,
+    pub fingerprint: String,
+    pub ca_groups: Vec<String>,
+    pub groups: Vec<String>,
+    pub advertised: Vec<String>,
+    pub contacts: usize,
+    pub streams: Vec<&'static str>,
+    pub connected_secs: u64,
+    pub counters: SessionCounters,
+    /// Federate ids this one's traffic may reach now.
+    pub reaches: Vec<String>,
+}
+
+fn copy(c: &SessionCounters) -> SessionCounters {
+    let g = |a: &AtomicU64| AtomicU64::new(a.load(Relaxed));
+    SessionCounters { events_in: g(&c.events_in), events_out: g(&c.events_out), rol_in: g(&c.rol_in), rol_out: g(&c.rol_out), dropped: g(&c.dropped) }
+}
+
+impl Hub {
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn policy_error(&self) -> Option<String> {
+        lock(&self.policy_error).clone()
+    }
+
+    /// Reads the policy file again; a file that does not validate keeps the policy in force
+    /// (and says why). Sessions the new policy no longer admits are closed; the others stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let text = std::fs::read_to_string(&self.policy_path).map_err(|e| format!("{}: {e}", self.policy_path.display()))?;
+        let p = match Policy::parse(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = format!("{}: {e}", self.policy_path.display());
+                tracing::error!("hub policy not loaded, the previous one stays in force: {e}");
+                *lock(&self.policy_error) = Some(e.clone());
+                return Err(e);
+            }
+        };
+        *lock(&self.policy_error) = None;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p.clone());
+        for s in self.sessions() {
+            let id = lock(&s.fed_id).clone();
+            if s.identified() && !p.admits(&id, &p.membership(&id, &s.ca_groups)) {
+                tracing::warn!(federate = %id, "the new hub policy no longer admits this federate: closing its session");
+                s.cancel.cancel();
+            }
+        }
+        tracing::info!(policy = %p.name, groups = p.groups.len(), federates = p.federates.len(), edges = p.edges.len(), "hub policy loaded");
+        for s in self.sessions() {
+            self.push_groups(&s);
+        }
+        Ok(())
+    }
+
+    fn sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions).clone()
+    }
+
+    /// Identified sessions with their policy membership.
+    fn members(&self, p: &Policy) -> Vec<(Arc<Session>, Member)> {
+        self.sessions().into_iter().filter(|s| s.identified()).map(|s| {
+            let m = s.member(p);
+            (s, m)
+        }).collect()
+    }
+
+    /// Our provenance and the hop count on what leaves the hub; false when over the limit.
+    fn stamp(&self, prov: &mut Vec<FederateProvenance>, hops: &mut Option<FederateHops>) -> bool {
+        stamp(&self.id, self.max_hops, prov, hops)
+    }
+
+    fn seen(&self, prov: &[FederateProvenance]) -> bool {
+        prov.iter().any(|p| p.federation_server_id == self.id)
+    }
+
+    /// Routes an event from `from` to every federate the policy lets it reach.
+    fn route_event(&self, from: &Session, fe: FederatedEvent) {
+        from.counters.events_in.fetch_add(1, Relaxed);
+        LinkCounters::inc(&self.counters.events_in);
+        if self.seen(&fe.federate_provenance) {
+            LinkCounters::inc(&self.counters.loops);
+            return;
+        }
+        if let Some(c) = &fe.contact {
+            let mut contacts = lock(&from.contacts);
+            if c.operation == Crud::Delete as i32 {
+                contacts.remove(&c.uid);
+            } else {
+                contacts.insert(c.uid.clone(), fe.clone());
+            }
+        }
+        let p = self.policy();
+        let members = self.members(&p);
+        let Some(src) = members.iter().find(|(s, _)| s.serial == from.serial).map(|(_, m)| m.clone()) else {
+            // TAK's hub drops events from a session it has not identified yet.
+            LinkCounters::inc(&self.counters.filtered);
+            return;
+        };
+        let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
+        for (dst, groups) in p.reach(&src, &fe.federate_groups, &ms) {
+            let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
+            let mut out = fe.clone();
+            out.federate_groups = groups;
+            if !self.stamp(&mut out.federate_provenance, &mut out.federate_hops) {
+                LinkCounters::inc(&self.counters.filtered);
+                continue;
+            }
+            self.send_event(s, out);
+        }
+    }
+
+    fn send_event(&self, to: &Session, fe: FederatedEvent) {
+        let tx = lock(&to.streams).events.clone();
+        match tx.map(|t| t.try_send(fe).is_ok()) {
+            Some(true) => {
+                to.counters.events_out.fetch_add(1, Relaxed);
+                LinkCounters::inc(&self.counters.events_out);
+            }
+            _ => {
+                to.counters.dropped.fetch_add(1, Relaxed);
+                LinkCounters::inc(&self.counters.drops_queue_full);
+            }
+        }
+    }
+
+    /// Routes a ROL from `from` (held until `from` has its own ClientROLStream, as TAK's hub).
+    fn route_rol(&self, from: &Session, rol: Rol) {
+        from.counters.rol_in.fetch_add(1, Relaxed);
+        if self.seen(&rol.federate_provenance) {
+            LinkCounters::inc(&self.counters.loops);
+            return;
+        }
+        if lock(&from.streams).rol.is_none() {
+            lock(&from.rol_waiting).push(rol);
+            return;
+        }
+        let p = self.policy();
+        let members = self.members(&p);
+        let Some(src) = members.iter().find(|(s, _)| s.serial == from.serial).map(|(_, m)| m.clone()) else { return };
+        let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
+        for (dst, groups) in p.reach(&src, &rol.federate_groups, &ms) {
+            let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
+            let mut out = rol.clone();
+            out.federate_groups = groups;
+            if !self.stamp(&mut out.federate_provenance, &mut out.federate_hops) {
+                continue;
+            }
+            let tx = lock(&s.streams).rol.clone();
+            match tx.map(|t| t.try_send(out).is_ok()) {
+                Some(true) => {
+                    s.counters.rol_out.fetch_add(1, Relaxed);
+                }
+                _ => {
+                    s.counters.dropped.fetch_add(1, Relaxed);
+                    LinkCounters::inc(&self.counters.drops_queue_full);
+                }
+            }
+        }
+    }
+
+    /// The groups the hub offers `to`: what every federate it receives from advertised, cut
+    /// to what the edge between them lets through.
+    fn groups_for(&self, to: &Session) -> Vec<String> {
+        let p = self.policy();
+        let members = self.members(&p);
+        let Some(dst) = members.iter().find(|(s, _)| s.serial == to.serial).map(|(_, m)| m.clone()) else { return vec![] };
+        let mut out: Vec<String> = vec![];
+        for (s, m) in &members {
+            if !p.reaches_at_all(m, &dst) {
+                continue;
+            }
+            let adv = lock(&s.advertised).clone();
+            let kept = match p.edge_filter(m, &dst) {
+                Some(f) => f.pass(&adv).unwrap_or_default(),
+                None => adv,
+            };
+            out.extend(kept);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Sends `to` its current group list on its ServerFederateGroupsStream.
+    fn push_groups(&self, to: &Session) {
+        let g = self.groups_for(to);
+        if g.is_empty() {
+            return;
+        }
+        if let Some(tx) = lock(&to.streams).groups.clone() {
+            let _ = tx.try_send(FederateGroups { federate_groups: g, ..Default::default() });
+        }
+    }
+
+    /// The contacts of every federate that reaches `to`, as they may reach it.
+    fn contacts_for(&self, to: &Session) -> Vec<FederatedEvent> {
+        let p = self.policy();
+        let members = self.members(&p);
+        let Some(dst) = members.iter().find(|(s, _)| s.serial == to.serial).map(|(_, m)| m.clone()) else { return vec![] };
+        let mut out = vec![];
+        for (s, m) in &members {
+            if s.serial == to.serial {
+                continue;
+            }
+            for fe in lock(&s.contacts).values() {
+                if let Some((_, groups)) = p.reach(m, &fe.federate_groups, [&dst]).into_iter().next() {
+                    let mut c = fe.clone();
+                    c.federate_groups = groups;
+                    if self.stamp(&mut c.federate_provenance, &mut c.federate_hops) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The federates, their state and where their traffic may go (admin API).
+    pub fn view(&self) -> Vec<SessionView> {
+        let p = self.policy();
+        let members = self.members(&p);
+        self.sessions()
+            .into_iter()
+            .map(|s| {
+                let m = s.member(&p);
+                let st = lock(&s.streams);
+                let streams = [("events", st.events.is_some()), ("rol", st.rol.is_some()), ("groups", st.groups.is_some())].into_iter().filter(|(_, on)| *on).map(|(n, _)| n).collect();
+                drop(st);
+                let reaches = members.iter().filter(|(o, om)| o.serial != s.serial && p.reaches_at_all(&m, om)).map(|(_, om)| om.id.clone()).collect();
+                SessionView {
+                    federate_id: m.id.clone(),
+                    name: lock(&s.name).clone(),
+                    remote: s.remote.clone(),
+                    fingerprint: s.fingerprint.clone(),
+                    ca_groups: s.ca_groups.clone(),
+                    groups: m.groups.clone(),
+                    advertised: lock(&s.advertised).clone(),
+                    contacts: lock(&s.contacts).len(),
+                    streams,
+                    connected_secs: s.connected.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                    counters: copy(&s.counters),
+                    reaches,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Adds the hub's provenance and counts the hop: the message's own limit and the hub's
+/// (`max_hops`, -1: none) both hold; false when the message has gone too far.
+fn stamp(id: &str, max_hops: i64, prov: &mut Vec<FederateProvenance>, hops: &mut Option<FederateHops>) -> bool {
+    prov.push(FederateProvenance { federation_server_id: id.to_owned(), federation_server_name: id.to_owned() });
+    let (current, max) = match hops {
+        Some(h) => (h.current_hops + 1, h.max_hops),
+        None => (1, -1),
+    };
+    let limit = match (max, max_hops) {
+        (m, h) if m < 0 => h,
+        (m, h) if h < 0 => m,
+        (m, h) => m.min(h),
+    };
+    *hops = Some(FederateHops { current_hops: current, max_hops: if max < 0 { max_hops } else { max } });
+    limit < 0 || current <= limit
+}
+
+/// Starts the hub: its v2 listener and the watcher that reloads the policy file.
+pub async fn start(cfg: &HubConfig, node_id: &str, cancel: CancellationToken, tracker: &TaskTracker) -> Result<Arc<Hub>, StartError> {
+    let err = |e: String| StartError::new("hub", e);
+    let text = std::fs::read_to_string(&cfg.policy).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
+    let policy = Policy::parse(&text).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
+    let files = crate::config::link::TlsFiles { ca: Some(cfg.ca.clone()), cert: Some(cfg.cert.clone()), key: Some(cfg.key.clone()), crl: cfg.crl.clone(), handshake_timeout_secs: None };
+    let tls = crate::link::tls::server_for_required(&files, true, &[b"h2"]).map_err(|e| err(e.to_string()))?;
+    let own_cert = crate::link::tls::load_certs(&cfg.cert).map_err(|e| err(e.to_string()))?.first().map(|c| c.to_vec()).unwrap_or_default();
+    let address: std::net::SocketAddr = cfg.address.parse().map_err(|_| err(format!("address {:?} is not IP:port", cfg.address)))?;
+    let counters = Arc::new(LinkCounters::default());
+    let listener = crate::link::listen::bind(address, crate::link::listen::DEFAULT_BACKLOG, "hub").map_err(|e| err(format!("cannot listen on {address}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    tracing::info!(address = %local, policy = %policy.name, groups = policy.groups.len(), edges = policy.edges.len(), "federation hub listening (v2)");
+    let hub = Arc::new(Hub {
+        id: node_id.to_owned(),
+        address: local,
+        policy_path: cfg.policy.clone(),
+        policy: RwLock::new(Arc::new(policy)),
+        policy_error: Mutex::default(),
+        sessions: Mutex::default(),
+        serial: AtomicU64::new(1),
+        max_hops: cfg.max_hops,
+        health_timeout: Duration::from_secs_f64(cfg.health_timeout_secs.unwrap_or(15.0)),
+        queue_depth: cfg.queue_depth.unwrap_or(16_384).max(1),
+        counters: counters.clone(),
+        own_cert,
+    });
+    let limits = Arc::new(crate::link::listen::Limits::new(Some(crate::link::listen::default_max_connections().0), None, None, Some(128)));
+    let accept = crate::link::listen::Accept::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)), handshake_timeout: Duration::from_secs(10) };
+    let l = crate::link::listen::Listener { link: "hub".into(), counters, limits, accept };
+    let handler: Arc<dyn crate::link::listen::Handler> = Arc::new(server::HubHandler(hub.clone()));
+    tracker.spawn(crate::link::listen::serve(listener, l, handler, cancel.clone(), tracker.clone()));
+    tracker.spawn(watch_policy(hub.clone(), cancel));
+    Ok(hub)
+}
+
+/// Reloads the policy when its file changes (checked every second).
+async fn watch_policy(hub: Arc<Hub>, cancel: CancellationToken) {
+    let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut last = stamp(&hub.policy_path);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = stamp(&hub.policy_path);
+        if now != last {
+            last = now;
+            let _ = hub.reload();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_count_against_the_message_limit_and_the_hub_limit() {
+        let (mut prov, mut hops) = (vec![], Some(FederateHops { current_hops: 1, max_hops: -1 }));
+        assert!(stamp("hub", 2, &mut prov, &mut hops), "one spoke, one hub: 2 of 2");
+        assert_eq!((prov.len(), hops.as_ref().unwrap().current_hops, hops.as_ref().unwrap().max_hops), (1, 2, 2));
+        assert!(!stamp("hub2", 2, &mut prov, &mut hops), "a second hub would make 3");
+        let mut h = Some(FederateHops { current_hops: 1, max_hops: 1 });
+        assert!(!stamp("hub", -1, &mut vec![], &mut h), "the message's own limit holds too");
+        assert!(stamp("hub", -1, &mut vec![], &mut None), "no limits at all");
+    }
+}

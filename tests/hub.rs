@@ -1,0 +1,209 @@
+//! takgate as a Federation Hub (`[hub]`), with TAK's policy file: two takgate spokes from
+//! different CAs federate through it over v2 (CoT both ways as the edges allow, with the
+//! group lists cut per edge, and mission changes as ROL), an independent grpcio federate
+//! (tests/py/fig_client.py, TAK Server's client sequence) joins through its CA group, a
+//! federate whose CA is not in the policy is refused with TAK's reason, and a policy reload
+//! changes what passes without dropping the sessions that stay allowed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{eventually, gateway, Client};
+use takgate::certs::Authority;
+use takgate::cot::{CotEvent, CotTime};
+use takgate::link::LinkState;
+
+fn group_id(ca: &Path) -> String {
+    let der = takgate::link::tls::load_certs(ca).unwrap().remove(0);
+    takgate::hub::identity::ca_group_id(&der).unwrap()
+}
+
+fn policy(ga: &str, gb: &str, b_to_a: &str) -> String {
+    format!(
+        r#"{{ "name": "test", "version": "1", "type": "Federation", "graphData": {{ "nodes": [
+          {{ "graphType": "GroupCell", "id": "gA", "federation": {{ "name": "{ga}", "interconnected": false }} }},
+          {{ "graphType": "GroupCell", "id": "gB", "federation": {{ "name": "{gb}", "interconnected": false }} }},
+          {{ "graphType": "EdgeCell", "id": "e1", "source": {{ "id": "gA" }}, "target": {{ "id": "gB" }},
+            "federation": {{ "name": "A->B", "groupsFilterType": "allGroups" }} }}
+          {b_to_a} ] }} }}"#
+    )
+}
+
+const B_TO_A_BLUE: &str = r#", { "graphType": "EdgeCell", "id": "e2", "source": { "id": "gB" }, "target": { "id": "gA" },
+    "federation": { "name": "B->A", "groupsFilterType": "allowed", "allowedGroups": ["Blue"] } }"#;
+
+fn event(uid: &str, group: &str, seq: u32) -> CotEvent {
+    let mut ev = CotEvent::new(uid, "a-f-G-U-C", "m-g", CotTime::now(), 120);
+    ev.point.lat = 1.0 + seq as f64 * 0.001;
+    ev.detail.xml = format!(r#"<contact callsign="{uid}"/><__group name="{group}" role="Team Member"/><remarks>seq={seq}</remarks>"#);
+    ev
+}
+
+fn to_mission(uid: &str, mission: &str) -> CotEvent {
+    let mut ev = CotEvent::new(uid, "a-h-G", "h-g-i-g-o", CotTime::now(), 300);
+    ev.detail.xml = format!(r#"<marti><dest mission="{mission}"/></marti>"#);
+    ev
+}
+
+struct Pki {
+    dir: PathBuf,
+    a: Authority,
+    b: Authority,
+    c: Authority,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = std::env::temp_dir().join(format!("takgate-hub-{}-{}", std::process::id(), fastrand::u64(..)));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mk = |n: &str| Authority::new(&dir.join(n), &format!("CA-{n}")).unwrap();
+        let (a, b, c) = (mk("a"), mk("b"), mk("c"));
+        // Every CA in one trust file: the hub and the spokes trust all three.
+        let bundle: String = [&a.ca, &b.ca, &c.ca].iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+        Pki { dir, a, b, c }
+    }
+    fn bundle(&self) -> String {
+        self.dir.join("bundle.pem").display().to_string()
+    }
+}
+
+fn spoke(id: &str, hub: std::net::SocketAddr, ca_bundle: &str, cert: &Path, key: &Path, extra: &str) -> String {
+    format!(
+        "[node]\nid = \"{id}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"hub\"\ntransport = \"federation-v2\"\nmode = \"connect\"\naddress = \"{hub}\"\nserver_name = \"localhost\"\nca = \"{ca_bundle}\"\ncert = \"{}\"\nkey = \"{}\"\nreconnect_min_secs = 0.3\nreconnect_max_secs = 1\n{extra}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+fn uids(evs: &[CotEvent]) -> Vec<String> {
+    let mut u: Vec<String> = evs.iter().filter(|e| !e.cot_type.starts_with("t-x")).map(|e| e.uid.clone()).collect();
+    u.sort();
+    u.dedup();
+    u
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spokes_federate_through_the_hub_by_its_policy() {
+    let pki = Pki::new();
+    let (ga, gb) = (group_id(&pki.a.ca), group_id(&pki.b.ca));
+    let policy_path = pki.dir.join("policy.json");
+    std::fs::write(&policy_path, policy(&ga, &gb, B_TO_A_BLUE)).unwrap();
+    let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!(
+        "[node]\nid = \"the-hub\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"hub-test-token-0123\"\n[hub]\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n",
+        pki.bundle(),
+        hc.display(),
+        hk.display(),
+        policy_path.display()
+    ))
+    .await;
+    let h = hub.control().hub.clone().unwrap();
+    let addr = h.address;
+    let (ac, ak) = pki.a.leaf("spoke-a", &["localhost"]).unwrap();
+    let (bc, bk) = pki.b.leaf("spoke-b", &["localhost"]).unwrap();
+    let a = gateway(&spoke("spoke-a", addr, &pki.bundle(), &ac, &ak, "")).await;
+    let b = gateway(&spoke("spoke-b", addr, &pki.bundle(), &bc, &bk, "outbound_groups = [\"Blue\", \"Red\"]\n")).await;
+    let up = |g: &takgate::runtime::Gateway| g.connection("hub").is_some_and(|c| c.state == LinkState::Connected);
+    assert!(eventually(15.0, || up(&a) && up(&b)).await, "spokes connect: {:?} {:?}", a.connection("hub"), b.connection("hub"));
+    assert!(eventually(10.0, || h.view().iter().filter(|s| s.streams.contains(&"events")).count() == 2).await, "{:#?}", h.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>());
+    let mut ca_client = Client::tcp(a.local_addr("c").unwrap()).await;
+    let mut cb_client = Client::tcp(b.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A -> B on an all-groups edge (A's events carry no federation groups).
+    ca_client.send(&event("ALPHA-1", "Cyan", 1)).await;
+    // B -> A only in Blue: Blue passes, Red does not.
+    cb_client.send(&event("BRAVO-BLUE", "Blue", 1)).await;
+    cb_client.send(&event("BRAVO-RED", "Red", 1)).await;
+    let at_b = uids(&cb_client.drain(Duration::from_secs(2)).await);
+    let at_a = uids(&ca_client.drain(Duration::from_secs(1)).await);
+    assert_eq!(at_b, ["ALPHA-1"], "B got A's event through the hub");
+    assert_eq!(at_a, ["BRAVO-BLUE"], "A got B's Blue event, not its Red one");
+
+    // An independent federate (grpcio, TAK Server's client sequence) in CA A's group.
+    let (pc, pk) = pki.a.leaf("pyfed", &["localhost"]).unwrap();
+    let py = tokio::spawn(common::py::run_script("fig_client.py", vec!["--target".into(), addr.to_string(), "--ca".into(), pki.bundle(), "--cert".into(), pc.display().to_string(), "--key".into(), pk.display().to_string(), "--send".into(), "2".into(), "--seconds".into(), "6".into()], 40.0));
+    let mut got = vec![];
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until && !got.iter().any(|e: &CotEvent| e.uid == "PY-FED-1") {
+        got.extend(cb_client.recv(Duration::from_millis(200)).await);
+    }
+    assert!(got.iter().any(|e| e.uid == "PY-FED-1"), "B got the grpcio federate's events: {:?}", uids(&got));
+    // While the grpcio federate is subscribed: B's Blue event reaches it (B -> CA A's group).
+    cb_client.send(&event("BRAVO-BLUE", "Blue", 2)).await;
+    let run = py.await.unwrap();
+    let done = run.done.clone().unwrap_or_default();
+    assert_eq!(done["done"]["groups_first"], "SERVING", "{done} {}", run.stderr);
+    assert_eq!(done["done"]["health"], "SERVING", "{done}");
+    let py_saw: Vec<&serde_json::Value> = run.events.iter().filter(|e| e["uid"] == "BRAVO-BLUE").collect();
+    assert!(!py_saw.is_empty(), "the grpcio federate got B's Blue event: {:?}", run.events);
+    assert!(py_saw[0]["provenance"].as_array().unwrap().iter().any(|p| p == "the-hub"), "stamped with the hub's provenance: {:?}", py_saw[0]);
+
+    // Mission changes cross as ROL (A -> B).
+    ca_client.send(&to_mission("ITEM-1", "ops")).await;
+    assert!(eventually(10.0, || b.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-1")).unwrap_or(false)).await, "B applied A's mission change through the hub");
+
+    // A federate whose CA is trusted but not in the policy is refused with TAK's reason.
+    let (cc, ck) = pki.c.leaf("spoke-c", &["localhost"]).unwrap();
+    let c = gateway(&spoke("spoke-c", addr, &pki.bundle(), &cc, &ck, "")).await;
+    assert!(eventually(10.0, || c.connection("hub").and_then(|s| s.last_error).is_some_and(|e| e.contains("Federate/CA Group not found"))).await, "{:?}", c.connection("hub"));
+    c.shutdown().await;
+
+    // The admin API shows the graph and the federates.
+    let v = admin_get(hub.admin_addr().unwrap(), "/api/hub").await;
+    assert_eq!(v["policy"]["edges"].as_array().map(|e| e.len()), Some(2), "{v:#}");
+    assert!(v["federates"].as_array().unwrap().len() >= 2, "{v:#}");
+
+    // Reload: the B -> A edge goes; A and B stay connected, B's Blue no longer reaches A.
+    let connects = (a.connection("hub").unwrap().connects, b.connection("hub").unwrap().connects);
+    ca_client.drain(Duration::from_millis(300)).await;
+    std::fs::write(&policy_path, policy(&ga, &gb, "")).unwrap();
+    assert!(eventually(5.0, || h.policy().edges.len() == 1).await, "reloaded");
+    cb_client.send(&event("BRAVO-BLUE", "Blue", 3)).await;
+    ca_client.send(&event("ALPHA-1", "Cyan", 2)).await;
+    assert!(uids(&cb_client.drain(Duration::from_secs(2)).await).contains(&"ALPHA-1".to_string()), "A -> B still passes");
+    let at_a = ca_client.drain(Duration::from_secs(1)).await;
+    assert!(!at_a.iter().any(|e| e.uid == "BRAVO-BLUE" && common::seq_of(e) == Some(3)), "B -> A no longer passes: {at_a:?}");
+    assert_eq!((a.connection("hub").unwrap().connects, b.connection("hub").unwrap().connects), connects, "sessions that stay allowed are kept");
+    // A policy that does not validate keeps the one in force and says why.
+    std::fs::write(&policy_path, "{ \"graphData\": { \"nodes\": [ { \"graphType\": \"EdgeCell\", \"id\": \"e9\", \"source\": { \"id\": \"x\" }, \"target\": { \"id\": \"y\" } } ] } }").unwrap();
+    assert!(eventually(5.0, || h.policy_error().is_some_and(|e| e.contains("e9"))).await, "{:?}", h.policy_error());
+    assert_eq!(h.policy().edges.len(), 1);
+    for g in [a, b, hub] {
+        g.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hub-test-token-0123\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut b = Vec::new();
+    s.read_to_end(&mut b).await.unwrap();
+    let text = String::from_utf8_lossy(&b).into_owned();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { body.split_once("\r\n").map(|x| x.1).unwrap_or_default().rsplit_once("\r\n0\r\n").map(|x| x.0).unwrap_or(body) } else { body };
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn hub_check_validates_a_policy_file_offline() {
+    let dir = std::env::temp_dir().join(format!("takgate-hub-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.json");
+    std::fs::write(&good, policy("CA-A", "CA-B", B_TO_A_BLUE)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_takgate")).args(["hub", "check"]).arg(&good).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("2 groups") && text.contains("2 edges") && text.contains("B->A"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, policy("CA-A", "CA-B", B_TO_A_BLUE).replace("\"id\": \"gB\" }, \"target\"", "\"id\": \"gZ\" }, \"target\"")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_takgate")).args(["hub", "check"]).arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("e2") && err.contains("\"gZ\" is not a node"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
