@@ -141,7 +141,7 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
     let router = crate::router::spawn(&cfg.node.id, Duration::from_secs_f64(cfg.router.dedup_window_secs), &cancel, &tracker);
     let missions = Missions::start(store.clone(), router.clone(), Duration::from_secs_f64(cfg.missions.replay_hours * 3600.0), cfg.missions.allow_federated_delete, cancel.clone(), &tracker).await;
     let hub = match &cfg.hub {
-        Some(h) => Some(crate::hub::start(h, &cfg.node.id, cancel.child_token(), &tracker).await?),
+        Some(h) => Some(crate::hub::start(h, &cfg.node.id, store.clone(), cancel.child_token(), &tracker).await?),
         None => None,
     };
     let control = Arc::new(Control { router, store, missions, cfg: cfg.clone(), links: Mutex::default(), admin_addr: Mutex::default(), cancel, tracker, drain: Duration::from_secs_f64(cfg.router.drain_timeout_secs), hub });

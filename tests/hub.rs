@@ -169,6 +169,21 @@ async fn spokes_federate_through_the_hub_by_its_policy() {
     let at_a = ca_client.drain(Duration::from_secs(1)).await;
     assert!(!at_a.iter().any(|e| e.uid == "BRAVO-BLUE" && common::seq_of(e) == Some(3)), "B -> A no longer passes: {at_a:?}");
     assert_eq!((a.connection("hub").unwrap().connects, b.connection("hub").unwrap().connects), connects, "sessions that stay allowed are kept");
+    // B goes away; a mission change made meanwhile reaches it when it comes back (the
+    // hub's replay from its store), and the ROL stream stays open for live changes after.
+    let b_link = b.control().cfg.links.iter().find(|l| l.name == "hub").unwrap().clone();
+    assert!(b.control().remove_link("hub"));
+    assert!(eventually(10.0, || !h.view().iter().any(|s| s.name == "spoke-b")).await, "B left the hub");
+    ca_client.send(&to_mission("ITEM-2", "ops")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!b.store().changes("ops").unwrap().iter().any(|c| c.content_uid == "ITEM-2"));
+    b.control().add_link(&b_link).await.unwrap();
+    assert!(eventually(15.0, || b.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-2")).unwrap_or(false)).await, "B got the change it missed on its return");
+    assert!(eventually(5.0, || up(&b)).await);
+    ca_client.send(&to_mission("ITEM-3", "ops")).await;
+    assert!(eventually(10.0, || b.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-3")).unwrap_or(false)).await, "live ROL after the replay");
+    let items: Vec<String> = b.store().changes("ops").unwrap().into_iter().map(|c| c.content_uid).collect();
+    assert_eq!(items.iter().filter(|u| *u == "ITEM-1").count(), 1, "nothing twice: {items:?}");
     // A policy that does not validate keeps the one in force and says why.
     std::fs::write(&policy_path, "{ \"graphData\": { \"nodes\": [ { \"graphType\": \"EdgeCell\", \"id\": \"e9\", \"source\": { \"id\": \"x\" }, \"target\": { \"id\": \"y\" } } ] } }").unwrap();
     assert!(eventually(5.0, || h.policy_error().is_some_and(|e| e.contains("e9"))).await, "{:?}", h.policy_error());

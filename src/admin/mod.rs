@@ -146,12 +146,12 @@ async fn links(State(st): St) -> Response {
 }
 
 async fn hub(State(st): St) -> Response {
-    let Some(h) = &st.control.hub else { return fail(StatusCode::NOT_FOUND, "hub mode is off (no [hub] section)") };
+    let Some(h) = &st.control.hub else { return fail(StatusCode::CONFLICT, "hub mode is off (no [hub] section)") };
     reply(StatusCode::OK, json!({"success": true, "id": h.id, "address": h.address.to_string(), "max_hops": h.max_hops, "policy": *h.policy(), "policy_error": h.policy_error(), "federates": h.view(), "counters": h.counters.snapshot()}))
 }
 
 async fn hub_reload(State(st): St) -> Response {
-    let Some(h) = &st.control.hub else { return fail(StatusCode::NOT_FOUND, "hub mode is off (no [hub] section)") };
+    let Some(h) = &st.control.hub else { return fail(StatusCode::CONFLICT, "hub mode is off (no [hub] section)") };
     match h.reload() {
         Ok(()) => reply(StatusCode::OK, json!({"success": true, "policy": *h.policy()})),
         Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e),

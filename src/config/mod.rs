@@ -104,6 +104,22 @@ pub struct HubConfig {
     /// Queue depth per federate and stream (default 16384).
     #[serde(default)]
     pub queue_depth: Option<usize>,
+    /// A federate that comes back gets the ROL it missed within this many hours (TAK's hub:
+    /// missionFederationRecencySeconds 43200). 0: no replay.
+    #[serde(default = "hub_replay_hours")]
+    pub replay_hours: f64,
+    /// Files (ROL payloads) up to this size are replayed with their bytes; larger ones
+    /// without (TAK's shipped hub: 200 bytes). Default 64 MiB.
+    #[serde(default = "hub_replay_max_file_bytes")]
+    pub replay_max_file_bytes: usize,
+}
+
+fn hub_replay_hours() -> f64 {
+    12.0
+}
+
+fn hub_replay_max_file_bytes() -> usize {
+    64 << 20
 }
 
 fn hub_v2_address() -> String {
@@ -256,6 +272,9 @@ impl Config {
             }
             let text = std::fs::read_to_string(&h.policy).map_err(|e| ConfigError(format!("hub.policy: {}: {e}", h.policy.display())))?;
             crate::hub::policy::Policy::parse(&text).map_err(|e| ConfigError(format!("hub.policy: {}: {e}", h.policy.display())))?;
+            if !(h.replay_hours.is_finite() && h.replay_hours >= 0.0) {
+                return Err(ConfigError("hub.replay_hours: must be 0 or more".into()));
+            }
             if h.health_timeout_secs.is_some_and(|t| !(t > 0.0)) {
                 return Err(ConfigError("hub.health_timeout_secs: must be a positive number of seconds".into()));
             }

@@ -32,6 +32,7 @@ use crate::federation::fig::{Crud, FederateGroups, FederateHops, FederateProvena
 use crate::link::{LinkCounters, StartError};
 use crate::sync::lock;
 use policy::{Member, Policy};
+use prost::Message as _;
 
 /// A federate's streams toward it, once it opened them.
 #[derive(Default)]
@@ -102,6 +103,13 @@ pub struct Hub {
     pub counters: Arc<LinkCounters>,
     /// Our certificate (DER), for `Getx509Identity`.
     own_cert: Vec<u8>,
+    /// Where routed ROL is kept for federates that are away.
+    store: Arc<crate::store::Store>,
+    pub replay: Duration,
+    pub replay_max_file_bytes: usize,
+    /// Storing and routing a ROL, and opening a ClientROLStream (replay up to the newest
+    /// stored id, live after it), happen one at a time: nothing twice, nothing missed.
+    rol_order: Mutex<()>,
 }
 
 /// A federate's state for the admin API.
@@ -247,9 +255,15 @@ impl Hub {
             lock(&from.rol_waiting).push(rol);
             return;
         }
+        let _order = lock(&self.rol_order);
         let p = self.policy();
         let members = self.members(&p);
         let Some(src) = members.iter().find(|(s, _)| s.serial == from.serial).map(|(_, m)| m.clone()) else { return };
+        if !self.replay.is_zero() {
+            if let Err(e) = self.store.hub_store_rol(&src.id, &src.groups, crate::store::now_ms(), &self.kept(&rol).encode_to_vec()) {
+                tracing::warn!("hub: ROL not kept for replay: {e}");
+            }
+        }
         let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
         for (dst, groups) in p.reach(&src, &rol.federate_groups, &ms) {
             let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
@@ -268,6 +282,64 @@ impl Hub {
                     LinkCounters::inc(&self.counters.drops_queue_full);
                 }
             }
+        }
+    }
+
+    /// A ROL as kept for replay: payloads over the size limit without their bytes.
+    fn kept(&self, rol: &Rol) -> Rol {
+        let mut r = rol.clone();
+        for b in &mut r.payload {
+            if b.data.len() > self.replay_max_file_bytes {
+                b.data.clear();
+            }
+        }
+        r
+    }
+
+    /// Opens `to`'s ROL stream: what it missed since it was last here (within the replay
+    /// window) from the federates that reach it now, then everything live. Unlike TAK's
+    /// hub, the stream stays open after the replay.
+    fn open_rol(&self, to: &Session, tx: mpsc::Sender<Rol>) -> Vec<Rol> {
+        let _order = lock(&self.rol_order);
+        lock(&to.streams).rol = Some(tx);
+        if self.replay.is_zero() {
+            return vec![];
+        }
+        let p = self.policy();
+        let dst = to.member(&p);
+        let now = crate::store::now_ms();
+        let window = now - self.replay.as_millis() as i64;
+        let since = self.store.hub_seen(&dst.id).ok().flatten().unwrap_or(window).max(window);
+        let max_id = self.store.hub_last_rol().unwrap_or(0);
+        let stored = match self.store.hub_rols(since, max_id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("hub: no replay for {}: {e}", dst.id);
+                return vec![];
+            }
+        };
+        let mut out = vec![];
+        for r in stored.into_iter().filter(|r| r.source != dst.id) {
+            let Ok(mut rol) = Rol::decode(r.rol.as_slice()) else { continue };
+            let src = Member { id: r.source, groups: r.groups, outgoing: false };
+            let Some((_, groups)) = p.reach(&src, &rol.federate_groups, [&dst]).into_iter().next() else { continue };
+            rol.federate_groups = groups;
+            if self.stamp(&mut rol.federate_provenance, &mut rol.federate_hops) {
+                out.push(rol);
+            }
+        }
+        if !out.is_empty() {
+            tracing::info!(federate = %dst.id, count = out.len(), since_ms = since, "hub: replaying the ROL this federate missed");
+        }
+        to.counters.rol_out.fetch_add(out.len() as u64, Relaxed);
+        out
+    }
+
+    /// A federate leaves: when, for its next replay.
+    fn left(&self, s: &Session) {
+        let id = lock(&s.fed_id).clone();
+        if !id.is_empty() {
+            let _ = self.store.hub_set_seen(&id, crate::store::now_ms());
         }
     }
 
@@ -377,7 +449,7 @@ fn stamp(id: &str, max_hops: i64, prov: &mut Vec<FederateProvenance>, hops: &mut
 }
 
 /// Starts the hub: its v2 listener and the watcher that reloads the policy file.
-pub async fn start(cfg: &HubConfig, node_id: &str, cancel: CancellationToken, tracker: &TaskTracker) -> Result<Arc<Hub>, StartError> {
+pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Store>, cancel: CancellationToken, tracker: &TaskTracker) -> Result<Arc<Hub>, StartError> {
     let err = |e: String| StartError::new("hub", e);
     let text = std::fs::read_to_string(&cfg.policy).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
     let policy = Policy::parse(&text).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
@@ -402,6 +474,10 @@ pub async fn start(cfg: &HubConfig, node_id: &str, cancel: CancellationToken, tr
         queue_depth: cfg.queue_depth.unwrap_or(16_384).max(1),
         counters: counters.clone(),
         own_cert,
+        store,
+        replay: Duration::from_secs_f64(cfg.replay_hours * 3600.0),
+        replay_max_file_bytes: cfg.replay_max_file_bytes,
+        rol_order: Mutex::default(),
     });
     let limits = Arc::new(crate::link::listen::Limits::new(Some(crate::link::listen::default_max_connections().0), None, None, Some(128)));
     let accept = crate::link::listen::Accept::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)), handshake_timeout: Duration::from_secs(10) };
@@ -412,14 +488,20 @@ pub async fn start(cfg: &HubConfig, node_id: &str, cancel: CancellationToken, tr
     Ok(hub)
 }
 
-/// Reloads the policy when its file changes (checked every second).
+/// Reloads the policy when its file changes (checked every second), and drops kept ROL
+/// older than the replay window (every minute).
 async fn watch_policy(hub: Arc<Hub>, cancel: CancellationToken) {
     let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
     let mut last = stamp(&hub.policy_path);
+    let mut tick = 0u64;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        tick += 1;
+        if tick % 60 == 0 && !hub.replay.is_zero() {
+            let _ = hub.store.hub_prune(crate::store::now_ms() - hub.replay.as_millis() as i64);
         }
         let now = stamp(&hub.policy_path);
         if now != last {

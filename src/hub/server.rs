@@ -181,13 +181,13 @@ impl FederatedChannel for Svc {
     async fn client_rol_stream(&self, r: Request<Subscription>) -> Result<Response<Self::ClientROLStreamStream>, Status> {
         self.identify(r.get_ref(), "ClientROLStream")?;
         let (tx, rx) = mpsc::channel(self.hub.queue_depth);
-        lock(&self.s.streams).rol = Some(tx);
+        let replay = self.hub.open_rol(&self.s, tx);
         let waiting: Vec<Rol> = std::mem::take(&mut *lock(&self.s.rol_waiting));
         for rol in waiting {
             self.s.counters.rol_in.fetch_sub(1, Relaxed);
             self.hub.route_rol(&self.s, rol);
         }
-        Ok(Response::new(stream_of(vec![], Some(rx), self.s.cancel.clone())))
+        Ok(Response::new(stream_of(replay, Some(rx), self.s.cancel.clone())))
     }
 
     type ServerROLStreamStream = Out<Subscription>;
@@ -278,6 +278,7 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     for uid in contacts {
         hub.route_event(&s, FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, ..Default::default() }), ..Default::default() });
     }
+    hub.left(&s);
     lock(&hub.sessions).retain(|x| x.serial != serial);
     tracing::info!(federate = %lock(&s.fed_id), %remote, %reason, "federate left the hub");
 }

@@ -9,8 +9,9 @@
 //! hold the connection's mutex for well under a millisecond.
 //!
 //! * [`types`]: what is stored, with enums for kinds and states;
-//! * [`servers`], [`missions`], [`queue`]: the queries, one area each.
+//! * [`servers`], [`missions`], [`queue`], [`hub`]: the queries, one area each.
 
+pub mod hub;
 pub mod missions;
 pub mod queue;
 pub mod servers;
@@ -24,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension};
 pub use types::{Change, ChangeType, Direction, Mission, MissionMeta, Pending, Protocol, QueueStats, Server, ServerStatus, Source};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const SCHEMA_V1: &str = include_str!("../../schema.sql");
 /// Migrations from version N to N+1, in order (index 0: 1 -> 2).
 const MIGRATIONS: &[&str] = &[
@@ -41,6 +42,17 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (mission_name, hash)
      );
      CREATE TABLE IF NOT EXISTS node_facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 3: the Federation Hub's ROL, kept for federates that were away (the replay window),
+    // with the sender's policy groups at the time, and when each federate was last there.
+    "CREATE TABLE IF NOT EXISTS hub_rol (
+         id          INTEGER PRIMARY KEY,
+         source      TEXT NOT NULL,
+         groups      TEXT NOT NULL DEFAULT '[]',
+         received_ms INTEGER NOT NULL,
+         rol         BLOB NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS hub_rol_received ON hub_rol (received_ms);
+     CREATE TABLE IF NOT EXISTS hub_seen (federate TEXT PRIMARY KEY, last_ms INTEGER NOT NULL);",
 ];
 
 #[derive(Debug, thiserror::Error)]
