@@ -94,7 +94,7 @@ async fn spokes_federate_through_the_hub_by_its_policy() {
     std::fs::write(&policy_path, policy(&ga, &gb, B_TO_A_BLUE)).unwrap();
     let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
     let hub = gateway(&format!(
-        "[node]\nid = \"the-hub\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"hub-test-token-0123\"\n[hub]\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n",
+        "[node]\nid = \"the-hub\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"hub-test-token-0123\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n",
         pki.bundle(),
         hc.display(),
         hk.display(),
@@ -221,4 +221,87 @@ fn hub_check_validates_a_policy_file_offline() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("e2") && err.contains("\"gZ\" is not a node"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_dials_out_to_a_federation_server_named_in_its_policy() {
+    let pki = Pki::new();
+    let ga = group_id(&pki.a.ca);
+    // The server the hub dials: a takgate federation v2 listener (as a TAK Server's 9001).
+    let (tc, tk) = pki.b.leaf("t2", &["localhost", "127.0.0.1"]).unwrap();
+    let t2 = gateway(&format!(
+        "[node]\nid = \"t2\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+         [[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.bundle(),
+        tc.display(),
+        tk.display()
+    ))
+    .await;
+    let port = t2.local_addr("fed").unwrap().port();
+    let policy_path = pki.dir.join("out.json");
+    std::fs::write(
+        &policy_path,
+        format!(
+            r#"{{ "name": "out", "graphData": {{ "nodes": [
+              {{ "graphType": "GroupCell", "id": "gA", "federation": {{ "name": "{ga}" }} }},
+              {{ "graphType": "FederationOutgoingCell", "id": "o1", "federation": {{ "outgoingName": "to-t2", "host": "127.0.0.1", "port": {port}, "outgoingEnabled": true }} }},
+              {{ "graphType": "EdgeCell", "id": "e1", "source": {{ "id": "gA" }}, "target": {{ "id": "o1" }}, "federation": {{ "name": "A->T2" }} }},
+              {{ "graphType": "EdgeCell", "id": "e2", "source": {{ "id": "o1" }}, "target": {{ "id": "gA" }}, "federation": {{ "name": "T2->A" }} }} ] }} }}"#
+        ),
+    )
+    .unwrap();
+    let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", pki.bundle(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    let (ac, ak) = pki.a.leaf("spoke-a", &["localhost"]).unwrap();
+    let a = gateway(&spoke("spoke-a", h.address, &pki.bundle(), &ac, &ak, "")).await;
+    let ready = |h: &takgate::hub::Hub| {
+        let v = h.view();
+        v.iter().any(|s| s.outgoing && s.streams.contains(&"events") && s.streams.contains(&"rol")) && v.iter().any(|s| !s.outgoing && s.streams.contains(&"events"))
+    };
+    assert!(eventually(20.0, || ready(&h)).await, "outgoing up and spoke subscribed: {:?} {:?}", h.view().iter().map(|s| (&s.federate_id, s.outgoing, &s.streams)).collect::<Vec<_>>(), h.outgoing_errors());
+    let mut at_a = Client::tcp(a.local_addr("c").unwrap()).await;
+    let mut at_t2 = Client::tcp(t2.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    at_a.send(&event("ALPHA-1", "Cyan", 1)).await;
+    at_t2.send(&event("TANGO-1", "Cyan", 1)).await;
+    assert!(uids(&at_t2.drain(Duration::from_secs(3)).await).contains(&"ALPHA-1".to_string()), "the spoke's event reached the server the hub dialled");
+    assert!(uids(&at_a.drain(Duration::from_secs(2)).await).contains(&"TANGO-1".to_string()), "and back");
+    at_a.send(&to_mission("ITEM-9", "ops")).await;
+    assert!(eventually(10.0, || t2.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-9")).unwrap_or(false)).await, "mission changes over the outgoing connection");
+    // The policy drops the outgoing node: the connection closes.
+    std::fs::write(&policy_path, policy(&ga, "CA-B", "")).unwrap();
+    assert!(eventually(10.0, || !h.view().iter().any(|s| s.outgoing)).await, "closed with its node");
+    for g in [a, hub, t2] {
+        g.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_federate_and_a_v2_federate_meet_through_the_hub() {
+    let pki = Pki::new();
+    let (ga, gb) = (group_id(&pki.a.ca), group_id(&pki.b.ca));
+    let policy_path = pki.dir.join("policy.json");
+    std::fs::write(&policy_path, policy(&ga, &gb, B_TO_A_BLUE)).unwrap();
+    let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", pki.bundle(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    let (ac, ak) = pki.a.leaf("spoke-a", &["localhost"]).unwrap();
+    let (bc, bk) = pki.b.leaf("spoke-b", &["localhost"]).unwrap();
+    // A speaks v1 to the hub's v1 port, B v2.
+    let a = gateway(&spoke("spoke-a", h.v1_address.unwrap(), &pki.bundle(), &ac, &ak, "").replace("federation-v2", "federation-v1")).await;
+    let b = gateway(&spoke("spoke-b", h.address, &pki.bundle(), &bc, &bk, "outbound_groups = [\"Blue\"]\n")).await;
+    assert!(eventually(15.0, || h.view().iter().filter(|s| s.streams.contains(&"events")).count() == 2).await, "{:?}", h.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>());
+    let mut ca_client = Client::tcp(a.local_addr("c").unwrap()).await;
+    let mut cb_client = Client::tcp(b.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ca_client.send(&event("ALPHA-V1", "Cyan", 1)).await;
+    cb_client.send(&event("BRAVO-BLUE", "Blue", 1)).await;
+    assert_eq!(uids(&cb_client.drain(Duration::from_secs(2)).await), ["ALPHA-V1"], "v1 -> hub -> v2");
+    assert_eq!(uids(&ca_client.drain(Duration::from_secs(1)).await), ["BRAVO-BLUE"], "v2 -> hub -> v1");
+    for g in [a, b, hub] {
+        g.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -87,6 +87,9 @@ pub struct HubConfig {
     /// Federation v2 (gRPC) listen address (TAK's hub: 9102).
     #[serde(default = "hub_v2_address")]
     pub address: String,
+    /// Federation v1 listen address (TAK's hub: 9101); empty: no v1 port.
+    #[serde(default = "hub_v1_address")]
+    pub v1_address: String,
     /// The CAs federates' certificates chain to (one PEM file, several CAs allowed).
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -124,6 +127,10 @@ fn hub_replay_max_file_bytes() -> usize {
 
 fn hub_v2_address() -> String {
     "0.0.0.0:9102".into()
+}
+
+fn hub_v1_address() -> String {
+    "0.0.0.0:9101".into()
 }
 
 fn hub_max_hops() -> i64 {
@@ -265,6 +272,9 @@ impl Config {
         }
         if let Some(h) = &self.hub {
             h.address.parse::<SocketAddr>().map_err(|_| ConfigError(format!("hub.address: {:?} is not an IP:port", h.address)))?;
+            if !h.v1_address.is_empty() {
+                h.v1_address.parse::<SocketAddr>().map_err(|_| ConfigError(format!("hub.v1_address: {:?} is not an IP:port (empty: no v1 port)", h.v1_address)))?;
+            }
             for (k, p) in [("ca", &h.ca), ("cert", &h.cert), ("key", &h.key), ("policy", &h.policy)].into_iter().chain(h.crl.iter().map(|p| ("crl", p))) {
                 if !p.is_file() {
                     return Err(ConfigError(format!("hub.{k}: {}: no such file", p.display())));

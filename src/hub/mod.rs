@@ -13,8 +13,10 @@
 //!   routing between sessions, the policy reloaded when its file changes.
 
 pub mod identity;
+mod outgoing;
 pub mod policy;
 mod server;
+mod v1;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -63,6 +65,8 @@ pub struct Session {
     /// The leaf fingerprint, TAK's way (lower-case hex).
     fingerprint: String,
     ca_groups: Vec<String>,
+    /// A connection the hub made (an outgoing node of the policy), not a federate's.
+    outgoing: bool,
     streams: Mutex<Streams>,
     /// Its contacts (CREATE contact events), offered to federates that connect later.
     contacts: Mutex<HashMap<String, FederatedEvent>>,
@@ -79,7 +83,8 @@ pub struct Session {
 impl Session {
     fn member(&self, p: &Policy) -> Member {
         let id = lock(&self.fed_id).clone();
-        Member { groups: p.membership(&id, &self.ca_groups), id, outgoing: false }
+        let groups = if self.outgoing { p.membership("", &self.ca_groups) } else { p.membership(&id, &self.ca_groups) };
+        Member { groups, id, outgoing: self.outgoing }
     }
     fn identified(&self) -> bool {
         !lock(&self.fed_id).is_empty()
@@ -91,6 +96,8 @@ pub struct Hub {
     /// Our provenance id (the node id).
     pub id: String,
     pub address: std::net::SocketAddr,
+    /// The v1 port, when there is one.
+    pub v1_address: Option<std::net::SocketAddr>,
     policy_path: PathBuf,
     policy: RwLock<Arc<Policy>>,
     /// The last policy file that did not validate, and why (the previous policy stays).
@@ -110,6 +117,14 @@ pub struct Hub {
     /// Storing and routing a ROL, and opening a ClientROLStream (replay up to the newest
     /// stored id, live after it), happen one at a time: nothing twice, nothing missed.
     rol_order: Mutex<()>,
+    /// Outgoing connections running, by name, and why each last ended.
+    outgoing_tasks: Mutex<HashMap<String, CancellationToken>>,
+    outgoing_errors: Mutex<HashMap<String, String>>,
+    tls_client: Arc<rustls::ClientConfig>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    /// Itself, weakly (policy reloads start outgoing connections).
+    me: Mutex<std::sync::Weak<Hub>>,
 }
 
 /// A federate's state for the admin API.
@@ -124,6 +139,8 @@ pub struct SessionView {
     pub advertised: Vec<String>,
     pub contacts: usize,
     pub streams: Vec<&'static str>,
+    /// A connection the hub made (an outgoing node).
+    pub outgoing: bool,
     pub connected_secs: u64,
     pub counters: SessionCounters,
     /// Federate ids this one's traffic may reach now.
@@ -167,10 +184,45 @@ impl Hub {
             }
         }
         tracing::info!(policy = %p.name, groups = p.groups.len(), federates = p.federates.len(), edges = p.edges.len(), "hub policy loaded");
+        self.reconcile_outgoing(self.self_arc());
         for s in self.sessions() {
             self.push_groups(&s);
         }
         Ok(())
+    }
+
+    /// This hub as an `Arc` (for tasks it starts).
+    fn self_arc(&self) -> Option<Arc<Hub>> {
+        lock(&self.me).upgrade()
+    }
+
+    /// Starts the outgoing connections the policy has and stops those it no longer has.
+    fn reconcile_outgoing(&self, me: Option<Arc<Hub>>) {
+        let Some(me) = me else { return };
+        let want: Vec<_> = self.policy().outgoings.iter().filter(|o| o.enabled).cloned().collect();
+        let mut running = lock(&self.outgoing_tasks);
+        running.retain(|name, token| {
+            let keep = want.iter().any(|o| &o.name == name);
+            if !keep {
+                tracing::info!(outgoing = %name, "the hub policy no longer has this outgoing connection: closing it");
+                token.cancel();
+            }
+            keep
+        });
+        for o in want {
+            if running.contains_key(&o.name) {
+                continue;
+            }
+            let token = self.cancel.child_token();
+            running.insert(o.name.clone(), token.clone());
+            tracing::info!(outgoing = %o.name, host = %o.host, port = o.port, "hub outgoing connection");
+            self.tracker.spawn(outgoing::run(me.clone(), o, self.tls_client.clone(), token));
+        }
+    }
+
+    /// Why each outgoing connection last ended.
+    pub fn outgoing_errors(&self) -> HashMap<String, String> {
+        lock(&self.outgoing_errors).clone()
     }
 
     fn sessions(&self) -> Vec<Arc<Session>> {
@@ -422,6 +474,7 @@ impl Hub {
                     advertised: lock(&s.advertised).clone(),
                     contacts: lock(&s.contacts).len(),
                     streams,
+                    outgoing: s.outgoing,
                     connected_secs: s.connected.elapsed().map(|d| d.as_secs()).unwrap_or(0),
                     counters: copy(&s.counters),
                     reaches,
@@ -456,14 +509,26 @@ pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Stor
     let files = crate::config::link::TlsFiles { ca: Some(cfg.ca.clone()), cert: Some(cfg.cert.clone()), key: Some(cfg.key.clone()), crl: cfg.crl.clone(), handshake_timeout_secs: None };
     let tls = crate::link::tls::server_for_required(&files, true, &[b"h2"]).map_err(|e| err(e.to_string()))?;
     let own_cert = crate::link::tls::load_certs(&cfg.cert).map_err(|e| err(e.to_string()))?.first().map(|c| c.to_vec()).unwrap_or_default();
+    let tls_client = Arc::new(crate::link::tls::client_for(&files, &[b"h2"]).map_err(|e| err(e.to_string()))?);
     let address: std::net::SocketAddr = cfg.address.parse().map_err(|_| err(format!("address {:?} is not IP:port", cfg.address)))?;
     let counters = Arc::new(LinkCounters::default());
     let listener = crate::link::listen::bind(address, crate::link::listen::DEFAULT_BACKLOG, "hub").map_err(|e| err(format!("cannot listen on {address}: {e}")))?;
     let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    let v1 = match cfg.v1_address.as_str() {
+        "" => None,
+        a => {
+            let a: std::net::SocketAddr = a.parse().map_err(|_| err(format!("v1_address {a:?} is not IP:port")))?;
+            let l = crate::link::listen::bind(a, crate::link::listen::DEFAULT_BACKLOG, "hub-v1").map_err(|e| err(format!("cannot listen on {a} (v1): {e}")))?;
+            let local = l.local_addr().map_err(|e| err(e.to_string()))?;
+            let tls = crate::link::tls::server_for_required(&files, true, &[]).map_err(|e| err(e.to_string()))?;
+            Some((l, local, tls))
+        }
+    };
     tracing::info!(address = %local, policy = %policy.name, groups = policy.groups.len(), edges = policy.edges.len(), "federation hub listening (v2)");
     let hub = Arc::new(Hub {
         id: node_id.to_owned(),
         address: local,
+        v1_address: v1.as_ref().map(|v| v.1),
         policy_path: cfg.policy.clone(),
         policy: RwLock::new(Arc::new(policy)),
         policy_error: Mutex::default(),
@@ -478,12 +543,28 @@ pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Stor
         replay: Duration::from_secs_f64(cfg.replay_hours * 3600.0),
         replay_max_file_bytes: cfg.replay_max_file_bytes,
         rol_order: Mutex::default(),
+        outgoing_tasks: Mutex::default(),
+        outgoing_errors: Mutex::default(),
+        tls_client,
+        tracker: tracker.clone(),
+        cancel: cancel.clone(),
+        me: Mutex::default(),
     });
+    *lock(&hub.me) = Arc::downgrade(&hub);
+    hub.reconcile_outgoing(Some(hub.clone()));
     let limits = Arc::new(crate::link::listen::Limits::new(Some(crate::link::listen::default_max_connections().0), None, None, Some(128)));
     let accept = crate::link::listen::Accept::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)), handshake_timeout: Duration::from_secs(10) };
     let l = crate::link::listen::Listener { link: "hub".into(), counters, limits, accept };
     let handler: Arc<dyn crate::link::listen::Handler> = Arc::new(server::HubHandler(hub.clone()));
     tracker.spawn(crate::link::listen::serve(listener, l, handler, cancel.clone(), tracker.clone()));
+    if let Some((listener, local, tls)) = v1 {
+        tracing::info!(address = %local, "federation hub listening (v1)");
+        let limits = Arc::new(crate::link::listen::Limits::new(Some(crate::link::listen::default_max_connections().0), None, None, Some(128)));
+        let accept = crate::link::listen::Accept::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)), handshake_timeout: Duration::from_secs(10) };
+        let l = crate::link::listen::Listener { link: "hub-v1".into(), counters: hub.counters.clone(), limits, accept };
+        let handler: Arc<dyn crate::link::listen::Handler> = Arc::new(v1::V1Handler(hub.clone()));
+        tracker.spawn(crate::link::listen::serve(listener, l, handler, cancel.clone(), tracker.clone()));
+    }
     tracker.spawn(watch_policy(hub.clone(), cancel));
     Ok(hub)
 }

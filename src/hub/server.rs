@@ -245,6 +245,7 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
         name: Mutex::default(),
         fingerprint: identity.fingerprint.replace(':', "").to_ascii_lowercase(),
         ca_groups: identity::ca_groups(&identity.issuers),
+        outgoing: false,
         streams: Mutex::default(),
         contacts: Mutex::default(),
         advertised: Mutex::default(),

@@ -129,6 +129,11 @@ pub(super) fn our_version() -> TakServerVersion {
 
 pub(super) use crate::cot::random_uid;
 
+/// A gRPC status in words an operator can act on (for other modules).
+pub fn describe_status(what: &str, st: &Status) -> String {
+    describe(what, st)
+}
+
 /// A gRPC status in words an operator can act on.
 pub(super) fn describe(what: &str, st: &Status) -> String {
     let code = match st.code() {
