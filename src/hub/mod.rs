@@ -81,6 +81,28 @@ pub struct Session {
 }
 
 impl Session {
+    /// A new session; `fed_id` empty until the federate names itself (v2).
+    #[allow(clippy::too_many_arguments)]
+    fn new(serial: u64, remote: String, fed_id: String, name: String, fingerprint: String, ca_groups: Vec<String>, outgoing: bool, cancel: CancellationToken) -> Arc<Session> {
+        Arc::new(Session {
+            serial,
+            remote,
+            fed_id: Mutex::new(fed_id),
+            name: Mutex::new(name),
+            fingerprint,
+            ca_groups,
+            outgoing,
+            streams: Mutex::default(),
+            contacts: Mutex::default(),
+            advertised: Mutex::default(),
+            rol_waiting: Mutex::default(),
+            connected: SystemTime::now(),
+            last_health: Mutex::new(Instant::now()),
+            counters: Default::default(),
+            cancel,
+        })
+    }
+
     fn member(&self, p: &Policy) -> Member {
         let id = lock(&self.fed_id).clone();
         let groups = if self.outgoing { p.membership("", &self.ca_groups) } else { p.membership(&id, &self.ca_groups) };

@@ -8,8 +8,8 @@
 //! groups of the chain the server presents), reconnected every 5 s while the policy has it.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -73,23 +73,9 @@ async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>,
         Ok(c) => c,
         Err(e) => return e,
     };
-    let s = Arc::new(Session {
-        serial: hub.serial.fetch_add(1, Relaxed),
-        remote: addr.clone(),
-        fed_id: Mutex::new(o.name.clone()),
-        name: Mutex::new(o.name.clone()),
-        fingerprint: peer.as_ref().map(|p| p.fingerprint.replace(':', "").to_ascii_lowercase()).unwrap_or_default(),
-        ca_groups: peer.as_ref().map(|p| super::identity::ca_groups(&p.issuers)).unwrap_or_default(),
-        outgoing: true,
-        streams: Mutex::default(),
-        contacts: Mutex::default(),
-        advertised: Mutex::default(),
-        rol_waiting: Mutex::default(),
-        connected: SystemTime::now(),
-        last_health: Mutex::new(Instant::now()),
-        counters: Default::default(),
-        cancel: session.clone(),
-    });
+    let fingerprint = peer.as_ref().map(|p| p.fingerprint.replace(':', "").to_ascii_lowercase()).unwrap_or_default();
+    let ca_groups = peer.as_ref().map(|p| super::identity::ca_groups(&p.issuers)).unwrap_or_default();
+    let s = Session::new(hub.serial.fetch_add(1, Relaxed), addr.clone(), o.name.clone(), o.name.clone(), fingerprint, ca_groups, true, session.clone());
     lock(&hub.sessions).push(s.clone());
     let why = serve(hub, &s, &mut c, &mut tasks, &session).await;
     session.cancel();
@@ -100,6 +86,18 @@ async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>,
 }
 
 async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::Client, tasks: &mut JoinSet<()>, session: &CancellationToken) -> String {
+    let sub = match subscribe(hub, s, c, tasks).await {
+        Ok(sub) => sub,
+        Err(e) => return e,
+    };
+    tracing::info!(outgoing = %lock(&s.name), remote = %s.remote, "hub outgoing connection up");
+    send(hub, s, c, tasks, session);
+    health(hub, s, c, tasks, session, sub).await
+}
+
+/// ClientEventStream (what the remote side sends is routed) and ServerFederateGroupsStream
+/// until SERVING (its group advertisements kept); the Subscription used.
+async fn subscribe(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::Client, tasks: &mut JoinSet<()>) -> Result<Subscription, String> {
     let ident = Identity { name: lock(&s.name).clone(), uid: crate::cot::random_uid(), description: format!("takgate hub {}", env!("CARGO_PKG_VERSION")), r#type: fig_identity::ConnectionType::FederationHubClient as i32, server_id: hub.id.clone() };
     let sub = Subscription { identity: Some(ident.clone()), filter: String::new(), version: Some(TakServerVersion { major: 5, minor: 5, patch: 0, branch: "takgate-hub".into(), variant: env!("CARGO_PKG_VERSION").into() }) };
     // Events from the remote side.
@@ -117,8 +115,8 @@ async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::
     });
     let mut groups = match tokio::time::timeout(Duration::from_secs(30), c.server_federate_groups_stream(Subscription { version: None, ..sub.clone() })).await {
         Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(st)) => return crate::federation::v2::describe_status("ServerFederateGroupsStream", &st),
-        Err(_) => return "no answer on ServerFederateGroupsStream within 30 s".into(),
+        Ok(Err(st)) => return Err(crate::federation::v2::describe_status("ServerFederateGroupsStream", &st)),
+        Err(_) => return Err("no answer on ServerFederateGroupsStream within 30 s".into()),
     };
     // Wait for SERVING, then send.
     let serving = tokio::time::timeout(Duration::from_secs(30), async {
@@ -140,10 +138,9 @@ async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::
     .await;
     match serving {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return e,
-        Err(_) => return "no SERVING on the groups stream within 30 s".into(),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("no SERVING on the groups stream within 30 s".into()),
     }
-    tracing::info!(outgoing = %lock(&s.name), remote = %s.remote, "hub outgoing connection up");
     // Later group advertisements of the remote side.
     let (h, me) = (hub.clone(), s.clone());
     tasks.spawn(async move {
@@ -158,6 +155,12 @@ async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::
             }
         }
     });
+    Ok(sub)
+}
+
+/// ServerEventStream (an empty event, the contacts that reach it, then live) and our groups
+/// on ClientFederateGroupsStream.
+fn send(hub: &Arc<Hub>, s: &Arc<Session>, c: &crate::federation::v2::Client, tasks: &mut JoinSet<()>, session: &CancellationToken) {
     let (etx, erx) = mpsc::channel::<FederatedEvent>(hub.queue_depth);
     lock(&s.streams).events = Some(etx);
     let mut first = vec![FederatedEvent::default()];
@@ -175,6 +178,11 @@ async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::
     tasks.spawn(async move {
         let _ = gsender.client_federate_groups_stream(gout).await;
     });
+}
+
+/// Health checks every 3 s until the connection ends; the ROL streams after the first
+/// SERVING answer.
+async fn health(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::Client, tasks: &mut JoinSet<()>, session: &CancellationToken, sub: Subscription) -> String {
     let mut rol_open = false;
     loop {
         let h = tokio::select! {

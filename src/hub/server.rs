@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -238,23 +238,7 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     let Conn { io, remote, identity, cancel } = conn;
     let Some(identity) = identity else { return };
     let serial = hub.serial.fetch_add(1, Relaxed);
-    let s = Arc::new(Session {
-        serial,
-        remote: remote.clone(),
-        fed_id: Mutex::default(),
-        name: Mutex::default(),
-        fingerprint: identity.fingerprint.replace(':', "").to_ascii_lowercase(),
-        ca_groups: identity::ca_groups(&identity.issuers),
-        outgoing: false,
-        streams: Mutex::default(),
-        contacts: Mutex::default(),
-        advertised: Mutex::default(),
-        rol_waiting: Mutex::default(),
-        connected: SystemTime::now(),
-        last_health: Mutex::new(Instant::now()),
-        counters: Default::default(),
-        cancel: cancel.child_token(),
-    });
+    let s = Session::new(serial, remote.clone(), String::new(), String::new(), identity.fingerprint.replace(':', "").to_ascii_lowercase(), identity::ca_groups(&identity.issuers), false, cancel.child_token());
     lock(&hub.sessions).push(s.clone());
     let svc = FederatedChannelServer::new(Svc { hub: hub.clone(), s: s.clone() }).max_decoding_message_size(crate::federation::v2::DEFAULT_MAX_MESSAGE).max_encoding_message_size(crate::federation::v2::DEFAULT_MAX_MESSAGE);
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -4,8 +4,7 @@
 //! and routed, through its CA groups only.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,85 +38,16 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
         return;
     }
     let (tx, mut rx) = mpsc::channel::<FederatedEvent>(hub.queue_depth);
-    let s = Arc::new(Session {
-        serial,
-        remote: remote.clone(),
-        fed_id: Mutex::new(fed_id.clone()),
-        name: Mutex::new(identity.cn.clone()),
-        fingerprint,
-        ca_groups,
-        outgoing: false,
-        streams: Mutex::default(),
-        contacts: Mutex::default(),
-        advertised: Mutex::default(),
-        rol_waiting: Mutex::default(),
-        connected: SystemTime::now(),
-        last_health: Mutex::new(Instant::now()),
-        counters: Default::default(),
-        cancel: cancel.child_token(),
-    });
+    let s = Session::new(serial, remote.clone(), fed_id.clone(), identity.cn.clone(), fingerprint, ca_groups, false, cancel.child_token());
     lock(&hub.sessions).push(s.clone());
     lock(&s.streams).events = Some(tx);
     tracing::info!(federate = %fed_id, %remote, "v1 federate joined the hub");
     let (mut rd, mut wr) = tokio::io::split(io);
     let first = hub.contacts_for(&s);
     let stop = s.cancel.clone();
-    let writer = async {
-        let mut buf = Vec::new();
-        for fe in &first {
-            frame::encode(fe, &mut buf);
-        }
-        loop {
-            if !buf.is_empty() {
-                if wr.write_all(&buf).await.is_err() {
-                    return "write error";
-                }
-                buf.clear();
-            }
-            let fe = tokio::select! {
-                _ = stop.cancelled() => return "closed",
-                m = rx.recv() => match m {
-                    Some(fe) => fe,
-                    None => return "closed",
-                },
-            };
-            frame::encode(&fe, &mut buf);
-            while let Ok(fe) = rx.try_recv() {
-                frame::encode(&fe, &mut buf);
-                if buf.len() > 256 << 10 {
-                    break;
-                }
-            }
-        }
-    };
-    let reader = async {
-        let mut dec = Decoder::new(frame::DEFAULT_MAX_FRAME);
-        loop {
-            let r = tokio::select! {
-                _ = stop.cancelled() => return "closed",
-                r = rd.read_buf(dec.read_buffer()) => r,
-            };
-            match r {
-                Ok(0) => return "closed by the federate",
-                Ok(_) => {}
-                Err(_) => return "read error",
-            }
-            while let Some(f) = dec.next_frame() {
-                match f {
-                    Ok(fe) if fe.event.is_some() || fe.contact.is_some() => hub.route_event(&s, fe),
-                    Ok(_) => {}
-                    Err(e) => {
-                        // v1 has no resynchronisation point: the connection ends (as TAK's).
-                        log_bad_input(LinkCounters::inc(&hub.counters.decode_errors), "hub", &remote, &e);
-                        return "undecodable frame";
-                    }
-                }
-            }
-        }
-    };
     let why = tokio::select! {
-        w = writer => w,
-        r = reader => r,
+        w = write_frames(&mut wr, &mut rx, first, &stop) => w,
+        r = read_frames(&mut rd, &hub, &s, &remote, &stop) => r,
     };
     s.cancel.cancel();
     let contacts: Vec<String> = lock(&s.contacts).keys().cloned().collect();
@@ -126,4 +56,61 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     }
     lock(&hub.sessions).retain(|x| x.serial != serial);
     tracing::info!(federate = %fed_id, %remote, reason = why, "v1 federate left the hub");
+}
+
+/// Writes the contacts, then what is routed to this federate, coalesced; why it stopped.
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, rx: &mut mpsc::Receiver<FederatedEvent>, first: Vec<FederatedEvent>, stop: &tokio_util::sync::CancellationToken) -> &'static str {
+    let mut buf = Vec::new();
+    for fe in &first {
+        frame::encode(fe, &mut buf);
+    }
+    loop {
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return "write error";
+            }
+            buf.clear();
+        }
+        let fe = tokio::select! {
+            _ = stop.cancelled() => return "closed",
+            m = rx.recv() => match m {
+                Some(fe) => fe,
+                None => return "closed",
+            },
+        };
+        frame::encode(&fe, &mut buf);
+        while let Ok(fe) = rx.try_recv() {
+            frame::encode(&fe, &mut buf);
+            if buf.len() > 256 << 10 {
+                break;
+            }
+        }
+    }
+}
+
+/// Reads frames and routes them; why it stopped.
+async fn read_frames<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, hub: &Hub, s: &Session, remote: &str, stop: &tokio_util::sync::CancellationToken) -> &'static str {
+    let mut dec = Decoder::new(frame::DEFAULT_MAX_FRAME);
+    loop {
+        let r = tokio::select! {
+            _ = stop.cancelled() => return "closed",
+            r = rd.read_buf(dec.read_buffer()) => r,
+        };
+        match r {
+            Ok(0) => return "closed by the federate",
+            Ok(_) => {}
+            Err(_) => return "read error",
+        }
+        while let Some(f) = dec.next_frame() {
+            match f {
+                Ok(fe) if fe.event.is_some() || fe.contact.is_some() => hub.route_event(s, fe),
+                Ok(_) => {}
+                Err(e) => {
+                    // v1 has no resynchronisation point: the connection ends (as TAK's).
+                    log_bad_input(LinkCounters::inc(&hub.counters.decode_errors), "hub", remote, &e);
+                    return "undecodable frame";
+                }
+            }
+        }
+    }
 }
