@@ -179,20 +179,27 @@ enum FederationCmd {
         /// v1 or v2 (default: the link's transport; for HOST:PORT, v2 on port 9001, else v1).
         #[arg(long)]
         protocol: Option<String>,
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        #[arg(long)]
-        key: Option<PathBuf>,
-        #[arg(long)]
-        server_name: Option<String>,
+        #[command(flatten)]
+        certs: ProbeCerts,
         /// Seconds to wait for the peer's first frame.
         #[arg(long, default_value_t = 3)]
         listen: u64,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The certificates of a staged connection test (options win over the link's).
+#[derive(clap::Args)]
+struct ProbeCerts {
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    #[arg(long)]
+    server_name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -215,14 +222,8 @@ enum QuicCmd {
         /// The configuration that holds the link (default: the embedded one).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        #[arg(long)]
-        key: Option<PathBuf>,
-        #[arg(long)]
-        server_name: Option<String>,
+        #[command(flatten)]
+        certs: ProbeCerts,
         /// Seconds the handshake and each answer may take.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -366,39 +367,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Federation { cmd: FederationCmd::Test { target, config, protocol, ca, cert, key, server_name, listen, json } } => {
-            let target = match probe_target(&target, config, protocol, ca, cert, key, server_name, listen) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("takgate federation test: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("takgate: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            print_stages(&rt.block_on(takgate::federation::probe::probe(&target)), json)
+        Cmd::Federation { cmd: FederationCmd::Test { target, config, protocol, certs: ProbeCerts { ca, cert, key, server_name }, listen, json } } => {
+            staged("federation test", probe_target(&target, config, protocol, ca, cert, key, server_name, listen).map(|t| async move { takgate::federation::probe::probe(&t).await }), json)
         }
-        Cmd::Quic { cmd: QuicCmd::Test { target, config, ca, cert, key, server_name, timeout, json } } => {
-            let target = match quic_target(&target, config, ca, cert, key, server_name, timeout) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("takgate quic test: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("takgate: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            print_stages(&rt.block_on(takgate::transport::quic::probe::probe(&target)), json)
+        Cmd::Quic { cmd: QuicCmd::Test { target, config, certs: ProbeCerts { ca, cert, key, server_name }, timeout, json } } => {
+            staged("quic test", quic_target(&target, config, ca, cert, key, server_name, timeout).map(|t| async move { takgate::transport::quic::probe::probe(&t).await }), json)
         }
         Cmd::Hub { cmd } => match hub_cmd(cmd) {
             Ok(()) => ExitCode::SUCCESS,
@@ -502,6 +475,24 @@ fn hub_cmd(cmd: HubCmd) -> Result<(), String> {
                 println!("{}", takgate::hub::identity::ca_group_id(&c)?);
             }
             Ok(())
+        }
+    }
+}
+
+/// Runs a staged test (or says why it cannot) and prints its stages.
+fn staged<F: std::future::Future<Output = Vec<takgate::link::probe::Stage>>>(what: &str, probe: Result<F, String>, json: bool) -> ExitCode {
+    let probe = match probe {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("takgate {what}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => print_stages(&rt.block_on(probe), json),
+        Err(e) => {
+            eprintln!("takgate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -259,6 +259,13 @@ impl Hub {
         }).collect()
     }
 
+    /// The identified sessions with their membership, and `who`'s own (None: not identified).
+    fn graph(&self, p: &Policy, who: &Session) -> (Vec<(Arc<Session>, Member)>, Option<Member>) {
+        let members = self.members(p);
+        let me = members.iter().find(|(s, _)| s.serial == who.serial).map(|(_, m)| m.clone());
+        (members, me)
+    }
+
     /// Our provenance and the hop count on what leaves the hub; false when over the limit.
     fn stamp(&self, prov: &mut Vec<FederateProvenance>, hops: &mut Option<FederateHops>) -> bool {
         stamp(&self.id, self.max_hops, prov, hops)
@@ -285,8 +292,8 @@ impl Hub {
             }
         }
         let p = self.policy();
-        let members = self.members(&p);
-        let Some(src) = members.iter().find(|(s, _)| s.serial == from.serial).map(|(_, m)| m.clone()) else {
+        let (members, src) = self.graph(&p, from);
+        let Some(src) = src else {
             // TAK's hub drops events from a session it has not identified yet.
             LinkCounters::inc(&self.counters.filtered);
             return;
@@ -331,8 +338,8 @@ impl Hub {
         }
         let _order = lock(&self.rol_order);
         let p = self.policy();
-        let members = self.members(&p);
-        let Some(src) = members.iter().find(|(s, _)| s.serial == from.serial).map(|(_, m)| m.clone()) else { return };
+        let (members, src) = self.graph(&p, from);
+        let Some(src) = src else { return };
         if !self.replay.is_zero() {
             if let Err(e) = self.store.hub_store_rol(&src.id, &src.groups, crate::store::now_ms(), &self.kept(&rol).encode_to_vec()) {
                 tracing::warn!("hub: ROL not kept for replay: {e}");
@@ -421,8 +428,8 @@ impl Hub {
     /// to what the edge between them lets through.
     fn groups_for(&self, to: &Session) -> Vec<String> {
         let p = self.policy();
-        let members = self.members(&p);
-        let Some(dst) = members.iter().find(|(s, _)| s.serial == to.serial).map(|(_, m)| m.clone()) else { return vec![] };
+        let (members, dst) = self.graph(&p, to);
+        let Some(dst) = dst else { return vec![] };
         let mut out: Vec<String> = vec![];
         for (s, m) in &members {
             if !p.reaches_at_all(m, &dst) {
@@ -454,8 +461,8 @@ impl Hub {
     /// The contacts of every federate that reaches `to`, as they may reach it.
     fn contacts_for(&self, to: &Session) -> Vec<FederatedEvent> {
         let p = self.policy();
-        let members = self.members(&p);
-        let Some(dst) = members.iter().find(|(s, _)| s.serial == to.serial).map(|(_, m)| m.clone()) else { return vec![] };
+        let (members, dst) = self.graph(&p, to);
+        let Some(dst) = dst else { return vec![] };
         let mut out = vec![];
         for (s, m) in &members {
             if s.serial == to.serial {
