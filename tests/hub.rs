@@ -153,10 +153,16 @@ async fn spokes_federate_through_the_hub_by_its_policy() {
     assert!(eventually(10.0, || c.connection("hub").and_then(|s| s.last_error).is_some_and(|e| e.contains("Federate/CA Group not found"))).await, "{:?}", c.connection("hub"));
     c.shutdown().await;
 
-    // The admin API shows the graph and the federates.
+    // The admin API shows the graph and the federates; the dashboard draws them.
     let v = admin_get(hub.admin_addr().unwrap(), "/api/hub").await;
     assert_eq!(v["policy"]["edges"].as_array().map(|e| e.len()), Some(2), "{v:#}");
     assert!(v["federates"].as_array().unwrap().len() >= 2, "{v:#}");
+    let drawn = dashboard_picture(hub.admin_addr().unwrap(), 2).await;
+    assert_eq!((drawn["visible"].as_bool(), drawn["groups"].as_u64()), (Some(true), Some(2)), "{drawn}");
+    assert_eq!(drawn["edges"], serde_json::json!(["A->B", "B->A"]), "{drawn}");
+    assert!(drawn["filters"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("allowed Blue")), "{drawn}");
+    assert!(drawn["live"].as_array().unwrap().len() >= 2 && drawn["rows"].as_u64() >= Some(2), "{drawn}");
+    assert_eq!(drawn["errors"], serde_json::json!([]), "{drawn}");
 
     // Reload: the B -> A edge goes; A and B stay connected, B's Blue no longer reaches A.
     let connects = (a.connection("hub").unwrap().connects, b.connection("hub").unwrap().connects);
@@ -192,6 +198,25 @@ async fn spokes_federate_through_the_hub_by_its_policy() {
         g.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+/// The dashboard's hub picture as headless Chromium sees it (tests/browser/hub.mjs).
+async fn dashboard_picture(admin: std::net::SocketAddr, federates: usize) -> serde_json::Value {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    assert!(root.join("tests/browser/node_modules/playwright-core").exists(), "playwright-core is missing: run the README's test command (scripts/test), which installs it into tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: scripts/test installs Debian's chromium");
+    let shot = root.join("target/hub.png");
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/hub.mjs"))
+        .args([format!("http://{admin}/"), "hub-test-token-0123".into(), shot.display().to_string(), federates.to_string()])
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out).await.expect("the browser run finishes").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "hub.mjs: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
 }
 
 async fn admin_get(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {

@@ -70,6 +70,8 @@ pub struct Session {
     streams: Mutex<Streams>,
     /// Its contacts (CREATE contact events), offered to federates that connect later.
     contacts: Mutex<HashMap<String, FederatedEvent>>,
+    /// The latest event of each of its contacts (their position), offered with them.
+    latest: Mutex<HashMap<String, FederatedEvent>>,
     /// The groups it advertised (ClientFederateGroupsStream).
     advertised: Mutex<Vec<String>>,
     /// ROL it sent before it opened its ClientROLStream (routed once it does, as TAK's hub).
@@ -94,6 +96,7 @@ impl Session {
             outgoing,
             streams: Mutex::default(),
             contacts: Mutex::default(),
+            latest: Mutex::default(),
             advertised: Mutex::default(),
             rol_waiting: Mutex::default(),
             connected: SystemTime::now(),
@@ -287,8 +290,13 @@ impl Hub {
             let mut contacts = lock(&from.contacts);
             if c.operation == Crud::Delete as i32 {
                 contacts.remove(&c.uid);
+                lock(&from.latest).remove(&c.uid);
             } else {
                 contacts.insert(c.uid.clone(), fe.clone());
+            }
+        } else if let Some(ev) = &fe.event {
+            if lock(&from.contacts).contains_key(&ev.uid) {
+                lock(&from.latest).insert(ev.uid.clone(), fe.clone());
             }
         }
         let p = self.policy();
@@ -458,7 +466,8 @@ impl Hub {
         }
     }
 
-    /// The contacts of every federate that reaches `to`, as they may reach it.
+    /// The contacts of every federate that reaches `to`, and their latest positions, as they
+    /// may reach it.
     fn contacts_for(&self, to: &Session) -> Vec<FederatedEvent> {
         let p = self.policy();
         let (members, dst) = self.graph(&p, to);
@@ -468,7 +477,9 @@ impl Hub {
             if s.serial == to.serial {
                 continue;
             }
-            for fe in lock(&s.contacts).values() {
+            let mut offered: Vec<FederatedEvent> = lock(&s.contacts).values().cloned().collect();
+            offered.extend(lock(&s.latest).values().cloned());
+            for fe in &offered {
                 if let Some((_, groups)) = p.reach(m, &fe.federate_groups, [&dst]).into_iter().next() {
                     let mut c = fe.clone();
                     c.federate_groups = groups;
