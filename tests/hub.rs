@@ -37,7 +37,9 @@ const B_TO_A_BLUE: &str = r#", { "graphType": "EdgeCell", "id": "e2", "source": 
 fn event(uid: &str, group: &str, seq: u32) -> CotEvent {
     let mut ev = CotEvent::new(uid, "a-f-G-U-C", "m-g", CotTime::now(), 120);
     ev.point.lat = 1.0 + seq as f64 * 0.001;
-    ev.detail.xml = format!(r#"<contact callsign="{uid}"/><__group name="{group}" role="Team Member"/><remarks>seq={seq}</remarks>"#);
+    // A connected client's own report (callsign and endpoint): a contact to federates.
+    ev.detail.contact = Some(takgate::cot::Contact { callsign: uid.into(), endpoint: "*:-1:stcp".into(), altendpoints: String::new() });
+    ev.detail.xml = format!(r#"<__group name="{group}" role="Team Member"/><remarks>seq={seq}</remarks>"#);
     ev
 }
 
@@ -326,6 +328,143 @@ async fn a_v1_federate_and_a_v2_federate_meet_through_the_hub() {
     assert_eq!(uids(&cb_client.drain(Duration::from_secs(2)).await), ["ALPHA-V1"], "v1 -> hub -> v2");
     assert_eq!(uids(&ca_client.drain(Duration::from_secs(1)).await), ["BRAVO-BLUE"], "v2 -> hub -> v1");
     for g in [a, b, hub] {
+        g.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+/// A bare v2 federate on takgate's generated stubs (a test driver, not a peer model):
+/// connected, identified on ServerFederateGroupsStream.
+async fn raw_federate(hub: std::net::SocketAddr, ca: &str, cert: &Path, key: &Path, name: &str, tasks: &mut tokio::task::JoinSet<()>, session: &tokio_util::sync::CancellationToken) -> (takgate::federation::v2::Client, takgate::federation::fig::Subscription) {
+    use takgate::federation::fig::{identity::ConnectionType, Identity, Subscription, TakServerVersion};
+    let mut cc = takgate::link::tls::client_config(Path::new(ca), Some((cert, key))).unwrap();
+    cc.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(hub).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cc)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let mut c = takgate::federation::v2::h2_client(Box::new(tls), &hub.to_string(), 64 << 20, session, tasks).await.unwrap();
+    let sub = Subscription { identity: Some(Identity { name: name.into(), uid: name.into(), description: String::new(), r#type: ConnectionType::FederationTakClient as i32, server_id: format!("{name}-server") }), filter: String::new(), version: Some(TakServerVersion { major: 5, minor: 5, ..Default::default() }) };
+    let mut g = c.server_federate_groups_stream(sub.clone()).await.unwrap().into_inner();
+    assert!(g.message().await.unwrap().unwrap().stream_update.is_some(), "SERVING first");
+    (c, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_go_to_outgoing_connections_and_files_are_replayed_up_to_the_cap() {
+    use takgate::federation::fig::{BinaryBlob, Rol};
+    let pki = Pki::new();
+    let (ga, gb) = (group_id(&pki.a.ca), group_id(&pki.b.ca));
+    let (tc, tk) = pki.b.leaf("t2", &["localhost", "127.0.0.1"]).unwrap();
+    let t2 = gateway(&format!("[node]\nid = \"t2\"\n[[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n", pki.bundle(), tc.display(), tk.display())).await;
+    let port = t2.local_addr("fed").unwrap().port();
+    let policy_path = pki.dir.join("blob.json");
+    std::fs::write(&policy_path, format!(r#"{{ "graphData": {{ "nodes": [
+        {{ "graphType": "GroupCell", "id": "gA", "federation": {{ "name": "{ga}" }} }},
+        {{ "graphType": "GroupCell", "id": "gB", "federation": {{ "name": "{gb}" }} }},
+        {{ "graphType": "FederationOutgoingCell", "id": "o1", "federation": {{ "outgoingName": "to-t2", "host": "127.0.0.1", "port": {port} }} }},
+        {{ "graphType": "EdgeCell", "id": "e1", "source": {{ "id": "gA" }}, "target": {{ "id": "gB" }}, "federation": {{ "name": "A->B" }} }},
+        {{ "graphType": "EdgeCell", "id": "e2", "source": {{ "id": "gA" }}, "target": {{ "id": "o1" }}, "federation": {{ "name": "A->T2" }} }} ] }} }}"#)).unwrap();
+    let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\nreplay_max_file_bytes = 1024\n", pki.bundle(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    assert!(eventually(20.0, || h.view().iter().any(|s| s.outgoing && s.streams.contains(&"events"))).await, "{:?}", h.outgoing_errors());
+    let (session, mut tasks) = (tokio_util::sync::CancellationToken::new(), tokio::task::JoinSet::new());
+    let (rc, rk) = pki.a.leaf("raw-a", &["localhost"]).unwrap();
+    let (mut a, sub) = raw_federate(h.address, &pki.bundle(), &rc, &rk, "raw-a", &mut tasks, &session).await;
+    // A blob from A's group goes to the outgoing connection (T2 counts blobs it does not handle).
+    let before = t2.counters("fed").unwrap().snapshot().filtered;
+    a.send_one_blob(BinaryBlob { data: vec![7; 100], filename: "x.bin".into(), ..Default::default() }).await.unwrap();
+    assert!(eventually(10.0, || t2.counters("fed").unwrap().snapshot().filtered > before).await, "the blob crossed the outgoing connection");
+    // Two files as ROL payloads while B has never been here: one over the cap, one under.
+    let mut rol_in = a.clone();
+    let sub2 = sub.clone();
+    tasks.spawn(async move {
+        let _ = rol_in.client_rol_stream(sub2).await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Rol>(4);
+    let mut rol_out = a.clone();
+    tasks.spawn(async move {
+        let _ = rol_out.server_rol_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })).await;
+    });
+    for (name, size) in [("big.bin", 4096usize), ("small.bin", 100)] {
+        tx.send(Rol { program: format!("create resource\n{{\"name\":\"{name}\"}};"), payload: vec![BinaryBlob { data: vec![1; size], filename: name.into(), ..Default::default() }], ..Default::default() }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // B arrives and subscribes to ROL: both are replayed, the big one without its bytes.
+    let (bc, bk) = pki.b.leaf("raw-b", &["localhost"]).unwrap();
+    let (mut b, bsub) = raw_federate(h.address, &pki.bundle(), &bc, &bk, "raw-b", &mut tasks, &session).await;
+    let mut st = b.client_rol_stream(bsub).await.unwrap().into_inner();
+    let mut got = vec![];
+    while got.len() < 2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), st.message()).await.expect("replayed ROL").unwrap().unwrap();
+        got.push((r.payload[0].filename.clone(), r.payload[0].data.len(), r.federate_provenance.iter().any(|p| p.federation_server_id == "the-hub")));
+    }
+    assert_eq!(got, [("big.bin".to_string(), 0, true), ("small.bin".to_string(), 100, true)]);
+    session.cancel();
+    for g in [hub, t2] {
+        g.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_to_hub_and_the_reasons_a_federate_is_refused() {
+    let pki = Pki::new();
+    let (ga, gb) = (group_id(&pki.a.ca), group_id(&pki.b.ca));
+    let hub_cfg = |id: &str, cert: &Path, key: &Path, policy: &Path| format!("[node]\nid = \"{id}\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", pki.bundle(), cert.display(), key.display(), policy.display());
+    // hub2: CA A's group and CA B's exchange everything.
+    let p2 = pki.dir.join("hub2.json");
+    std::fs::write(&p2, policy(&ga, &gb, &B_TO_A_BLUE.replace("\"allowed\", \"allowedGroups\": [\"Blue\"]", "\"allGroups\""))).unwrap();
+    let (h2c, h2k) = pki.b.leaf("hub2", &["localhost", "127.0.0.1"]).unwrap();
+    let hub2 = gateway(&hub_cfg("hub-two", &h2c, &h2k, &p2)).await;
+    let h2 = hub2.control().hub.clone().unwrap();
+    // hub1 dials hub2 (its certificate is from CA A: hub2 admits it by that group).
+    let p1 = pki.dir.join("hub1.json");
+    std::fs::write(&p1, format!(r#"{{ "graphData": {{ "nodes": [
+        {{ "graphType": "GroupCell", "id": "gA", "federation": {{ "name": "{ga}" }} }},
+        {{ "graphType": "FederationOutgoingCell", "id": "o1", "federation": {{ "outgoingName": "to-hub2", "host": "127.0.0.1", "port": {} }} }},
+        {{ "graphType": "EdgeCell", "id": "e1", "source": {{ "id": "gA" }}, "target": {{ "id": "o1" }}, "federation": {{ "name": "A->hub2" }} }},
+        {{ "graphType": "EdgeCell", "id": "e2", "source": {{ "id": "o1" }}, "target": {{ "id": "gA" }}, "federation": {{ "name": "hub2->A" }} }} ] }} }}"#, h2.address.port())).unwrap();
+    let (h1c, h1k) = pki.a.leaf("hub1", &["localhost", "127.0.0.1"]).unwrap();
+    let hub1 = gateway(&hub_cfg("hub-one", &h1c, &h1k, &p1)).await;
+    let h1 = hub1.control().hub.clone().unwrap();
+    let (ac, ak) = pki.a.leaf("spoke-a", &["localhost"]).unwrap();
+    let (bc, bk) = pki.b.leaf("spoke-b", &["localhost"]).unwrap();
+    let a = gateway(&spoke("spoke-a", h1.address, &pki.bundle(), &ac, &ak, "")).await;
+    let b = gateway(&spoke("spoke-b", h2.address, &pki.bundle(), &bc, &bk, "")).await;
+    let subscribed = |h: &takgate::hub::Hub, n: usize| h.view().iter().filter(|s| s.streams.contains(&"events")).count() >= n;
+    assert!(eventually(20.0, || subscribed(&h1, 2) && subscribed(&h2, 2)).await, "hub1 {:?} {:?}; hub2 {:?}", h1.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>(), h1.outgoing_errors(), h2.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>());
+    let mut ca_client = Client::tcp(a.local_addr("c").unwrap()).await;
+    let mut cb_client = Client::tcp(b.local_addr("c").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ca_client.send(&event("ALPHA-1", "Cyan", 1)).await;
+    cb_client.send(&event("BRAVO-1", "Cyan", 1)).await;
+    assert!(uids(&cb_client.drain(Duration::from_secs(3)).await).contains(&"ALPHA-1".to_string()), "spoke A -> hub1 -> hub2 -> spoke B");
+    assert!(uids(&ca_client.drain(Duration::from_secs(2)).await).contains(&"BRAVO-1".to_string()), "and back");
+    // A federate that connects later is offered A's contact with its latest position.
+    let (cc, ck) = pki.b.leaf("late", &["localhost"]).unwrap();
+    let late = gateway(&spoke("late", h2.address, &pki.bundle(), &cc, &ck, "")).await;
+    let mut late_client = Client::tcp(late.local_addr("c").unwrap()).await;
+    let seen = uids(&late_client.drain(Duration::from_secs(4)).await);
+    assert!(seen.contains(&"ALPHA-1".to_string()), "the contact and its position, to a federate that came later: {seen:?} {:?}", h2.view().iter().map(|s| (&s.federate_id, s.contacts, &s.streams)).collect::<Vec<_>>());
+    // A federate that presents its leaf alone (no CA after it) is refused with the hub's reason.
+    let (lc, lk) = pki.a.leaf("leaf-only", &["localhost"]).unwrap();
+    let leaf = takgate::link::tls::load_certs(&lc).unwrap().remove(0);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in takgate::link::tls::load_certs(Path::new(&pki.bundle())).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider())).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_client_auth_cert(vec![leaf], takgate::link::tls::load_key(&lk).unwrap()).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(h2.address).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (session, mut tasks) = (tokio_util::sync::CancellationToken::new(), tokio::task::JoinSet::new());
+    let mut c = takgate::federation::v2::h2_client(Box::new(tls), &h2.address.to_string(), 1 << 20, &session, &mut tasks).await.unwrap();
+    let sub = takgate::federation::fig::Subscription { identity: Some(takgate::federation::fig::Identity { name: "leaf-only".into(), ..Default::default() }), ..Default::default() };
+    let e = c.server_federate_groups_stream(sub).await.err().expect("refused");
+    assert!(e.message().contains("Client identification not available"), "{e:?}");
+    session.cancel();
+    for g in [late, a, b, hub1, hub2] {
         g.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&pki.dir);

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HubConfig;
-use crate::federation::fig::{Crud, FederateGroups, FederateHops, FederateProvenance, FederatedEvent, Rol};
+use crate::federation::fig::{BinaryBlob, Crud, FederateGroups, FederateHops, FederateProvenance, FederatedEvent, Rol};
 use crate::link::{LinkCounters, StartError};
 use crate::sync::lock;
 use policy::{Member, Policy};
@@ -42,6 +42,8 @@ struct Streams {
     events: Option<mpsc::Sender<FederatedEvent>>,
     rol: Option<mpsc::Sender<Rol>>,
     groups: Option<mpsc::Sender<FederateGroups>>,
+    /// Outgoing connections only: v2 carries blobs from client to server alone.
+    blobs: Option<mpsc::Sender<BinaryBlob>>,
 }
 
 /// Counters of one federate session.
@@ -374,6 +376,32 @@ impl Hub {
         }
     }
 
+    /// Routes a binary blob from `from` to the outgoing connections the policy lets it reach
+    /// (a blob has no groups: all-groups edges only). TAK's hub drops every blob; federation
+    /// v2 has no stream toward a federate that carries one, so spokes cannot get them.
+    fn route_blob(&self, from: &Session, mut blob: BinaryBlob) {
+        if self.seen(&blob.federate_provenance) {
+            LinkCounters::inc(&self.counters.loops);
+            return;
+        }
+        let p = self.policy();
+        let (members, src) = self.graph(&p, from);
+        let Some(src) = src else { return };
+        let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
+        let mut sent = false;
+        if self.stamp(&mut blob.federate_provenance, &mut blob.federate_hops) {
+            for (dst, _) in p.reach(&src, &[], &ms) {
+                let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
+                if let Some(tx) = lock(&s.streams).blobs.clone() {
+                    sent |= tx.try_send(blob.clone()).is_ok();
+                }
+            }
+        }
+        if !sent {
+            LinkCounters::inc(&self.counters.filtered);
+        }
+    }
+
     /// A ROL as kept for replay: payloads over the size limit without their bytes.
     fn kept(&self, rol: &Rol) -> Rol {
         let mut r = rol.clone();
@@ -524,21 +552,18 @@ impl Hub {
     }
 }
 
-/// Adds the hub's provenance and counts the hop: the message's own limit and the hub's
-/// (`max_hops`, -1: none) both hold; false when the message has gone too far.
-fn stamp(id: &str, max_hops: i64, prov: &mut Vec<FederateProvenance>, hops: &mut Option<FederateHops>) -> bool {
+/// Adds the hub's provenance and counts the hop. Two limits hold: the message's own
+/// (`max_hops` of its FederateHops, -1: none) and the hub's, on the hubs it has crossed
+/// (`hub_max`, default 2: a spoke, two hubs, a spoke; the sender's own hop not counted).
+/// False when the message has gone too far.
+fn stamp(id: &str, hub_max: i64, prov: &mut Vec<FederateProvenance>, hops: &mut Option<FederateHops>) -> bool {
     prov.push(FederateProvenance { federation_server_id: id.to_owned(), federation_server_name: id.to_owned() });
-    let (current, max) = match hops {
-        Some(h) => (h.current_hops + 1, h.max_hops),
-        None => (1, -1),
+    let (current, max, hubs) = match hops {
+        Some(h) => (h.current_hops + 1, h.max_hops, h.current_hops),
+        None => (1, -1, 1),
     };
-    let limit = match (max, max_hops) {
-        (m, h) if m < 0 => h,
-        (m, h) if h < 0 => m,
-        (m, h) => m.min(h),
-    };
-    *hops = Some(FederateHops { current_hops: current, max_hops: if max < 0 { max_hops } else { max } });
-    limit < 0 || current <= limit
+    *hops = Some(FederateHops { current_hops: current, max_hops: max });
+    (max < 0 || current <= max) && (hub_max < 0 || hubs <= hub_max)
 }
 
 /// Starts the hub: its v2 listener and the watcher that reloads the policy file.
@@ -638,10 +663,12 @@ mod tests {
 
     #[test]
     fn hops_count_against_the_message_limit_and_the_hub_limit() {
+        // A spoke stamps its own hop (1); each hub adds one.
         let (mut prov, mut hops) = (vec![], Some(FederateHops { current_hops: 1, max_hops: -1 }));
-        assert!(stamp("hub", 2, &mut prov, &mut hops), "one spoke, one hub: 2 of 2");
-        assert_eq!((prov.len(), hops.as_ref().unwrap().current_hops, hops.as_ref().unwrap().max_hops), (1, 2, 2));
-        assert!(!stamp("hub2", 2, &mut prov, &mut hops), "a second hub would make 3");
+        assert!(stamp("hub1", 2, &mut prov, &mut hops), "the first hub");
+        assert_eq!((prov.len(), hops.as_ref().unwrap().current_hops, hops.as_ref().unwrap().max_hops), (1, 2, -1));
+        assert!(stamp("hub2", 2, &mut prov, &mut hops), "the second hub");
+        assert!(!stamp("hub3", 2, &mut prov, &mut hops), "a third is over the hub limit of 2");
         let mut h = Some(FederateHops { current_hops: 1, max_hops: 1 });
         assert!(!stamp("hub", -1, &mut vec![], &mut h), "the message's own limit holds too");
         assert!(stamp("hub", -1, &mut vec![], &mut None), "no limits at all");

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::OutgoingNode;
 use super::{Hub, Session};
-use crate::federation::fig::{client_health, identity as fig_identity, server_health, ClientHealth, FederateGroups, FederatedEvent, Identity, Rol, Subscription, TakServerVersion};
+use crate::federation::fig::{client_health, BinaryBlob, identity as fig_identity, server_health, ClientHealth, FederateGroups, FederatedEvent, Identity, Rol, Subscription, TakServerVersion};
 use crate::sync::lock;
 
 /// TAK's `outgoingReconnectSeconds`.
@@ -177,6 +177,13 @@ fn send(hub: &Arc<Hub>, s: &Arc<Session>, c: &crate::federation::v2::Client, tas
     let gout = requests(vec![ours], grx, session.clone());
     tasks.spawn(async move {
         let _ = gsender.client_federate_groups_stream(gout).await;
+    });
+    let (btx, brx) = mpsc::channel::<BinaryBlob>(256);
+    lock(&s.streams).blobs = Some(btx);
+    let bout = requests(vec![], brx, session.clone());
+    let mut bsender = c.clone();
+    tasks.spawn(async move {
+        let _ = bsender.binary_message_stream(bout).await;
     });
 }
 

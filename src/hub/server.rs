@@ -127,17 +127,14 @@ impl FederatedChannel for Svc {
 
     type BinaryMessageStreamStream = Out<Empty>;
     async fn binary_message_stream(&self, r: Request<Streaming<BinaryBlob>>) -> Result<Response<Self::BinaryMessageStreamStream>, Status> {
-        // A hub cannot hand a blob to a federate over v2 (no stream toward it carries blobs):
-        // counted and dropped, as TAK's hub does.
-        let counters = self.hub.counters.clone();
-        self.consume(r.into_inner(), move |_b| {
-            LinkCounters::inc(&counters.filtered);
-        });
+        // Forwarded to outgoing connections where the policy allows (TAK's hub drops them).
+        let (hub, s) = (self.hub.clone(), self.s.clone());
+        self.consume(r.into_inner(), move |b| hub.route_blob(&s, b));
         Ok(Response::new(stream_of(vec![], None, self.s.cancel.clone())))
     }
 
-    async fn send_one_blob(&self, _r: Request<BinaryBlob>) -> Result<Response<Empty>, Status> {
-        LinkCounters::inc(&self.hub.counters.filtered);
+    async fn send_one_blob(&self, r: Request<BinaryBlob>) -> Result<Response<Empty>, Status> {
+        self.hub.route_blob(&self.s, r.into_inner());
         Ok(Response::new(Empty {}))
     }
 
