@@ -125,6 +125,9 @@ async fn spokes_federate_through_the_hub_by_its_policy() {
     let at_a = uids(&ca_client.drain(Duration::from_secs(1)).await);
     assert_eq!(at_b, ["ALPHA-1"], "B got A's event through the hub");
     assert_eq!(at_a, ["BRAVO-BLUE"], "A got B's Blue event, not its Red one");
+    // Group advertisements: B's groups, cut by the B -> A edge, are what A is offered.
+    let by_name = |n: &str| h.view().into_iter().find(|s| s.name == n);
+    assert!(eventually(5.0, || by_name("spoke-b").is_some_and(|b| b.advertised == ["Blue", "Red"]) && by_name("spoke-a").is_some_and(|a| a.offered == ["Blue"])).await, "{:?}", h.view().iter().map(|s| (&s.name, &s.advertised, &s.offered)).collect::<Vec<_>>());
 
     // An independent federate (grpcio, TAK Server's client sequence) in CA A's group.
     let (pc, pk) = pki.a.leaf("pyfed", &["localhost"]).unwrap();
@@ -286,7 +289,7 @@ async fn the_hub_dials_out_to_a_federation_server_named_in_its_policy() {
         let v = h.view();
         v.iter().any(|s| s.outgoing && s.streams.contains(&"events") && s.streams.contains(&"rol")) && v.iter().any(|s| !s.outgoing && s.streams.contains(&"events"))
     };
-    assert!(eventually(20.0, || ready(&h)).await, "outgoing up and spoke subscribed: {:?} {:?}", h.view().iter().map(|s| (&s.federate_id, s.outgoing, &s.streams)).collect::<Vec<_>>(), h.outgoing_errors());
+    assert!(eventually(20.0, || ready(&h)).await, "outgoing up and spoke subscribed: {:?} {:?}", h.view().iter().map(|s| (&s.federate_id, s.outgoing, &s.streams)).collect::<Vec<_>>(), h.outgoing_status());
     let mut at_a = Client::tcp(a.local_addr("c").unwrap()).await;
     let mut at_t2 = Client::tcp(t2.local_addr("c").unwrap()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -366,7 +369,7 @@ async fn blobs_go_to_outgoing_connections_and_files_are_replayed_up_to_the_cap()
     let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
     let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\nreplay_max_file_bytes = 1024\n", pki.bundle(), hc.display(), hk.display(), policy_path.display())).await;
     let h = hub.control().hub.clone().unwrap();
-    assert!(eventually(20.0, || h.view().iter().any(|s| s.outgoing && s.streams.contains(&"events"))).await, "{:?}", h.outgoing_errors());
+    assert!(eventually(20.0, || h.view().iter().any(|s| s.outgoing && s.streams.contains(&"events"))).await, "{:?}", h.outgoing_status());
     let (session, mut tasks) = (tokio_util::sync::CancellationToken::new(), tokio::task::JoinSet::new());
     let (rc, rk) = pki.a.leaf("raw-a", &["localhost"]).unwrap();
     let (mut a, sub) = raw_federate(h.address, &pki.bundle(), &rc, &rk, "raw-a", &mut tasks, &session).await;
@@ -433,7 +436,7 @@ async fn hub_to_hub_and_the_reasons_a_federate_is_refused() {
     let a = gateway(&spoke("spoke-a", h1.address, &pki.bundle(), &ac, &ak, "")).await;
     let b = gateway(&spoke("spoke-b", h2.address, &pki.bundle(), &bc, &bk, "")).await;
     let subscribed = |h: &takgate::hub::Hub, n: usize| h.view().iter().filter(|s| s.streams.contains(&"events")).count() >= n;
-    assert!(eventually(20.0, || subscribed(&h1, 2) && subscribed(&h2, 2)).await, "hub1 {:?} {:?}; hub2 {:?}", h1.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>(), h1.outgoing_errors(), h2.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>());
+    assert!(eventually(20.0, || subscribed(&h1, 2) && subscribed(&h2, 2)).await, "hub1 {:?} {:?}; hub2 {:?}", h1.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>(), h1.outgoing_status(), h2.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>());
     let mut ca_client = Client::tcp(a.local_addr("c").unwrap()).await;
     let mut cb_client = Client::tcp(b.local_addr("c").unwrap()).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -464,7 +467,19 @@ async fn hub_to_hub_and_the_reasons_a_federate_is_refused() {
     let e = c.server_federate_groups_stream(sub).await.err().expect("refused");
     assert!(e.message().contains("Client identification not available"), "{e:?}");
     session.cancel();
-    for g in [late, a, b, hub1, hub2] {
+    // hub2 goes away and comes back on the same port: hub1's outgoing connection says so and
+    // reconnects (every 5 s, as TAK's hub).
+    let port = h2.address.port();
+    let connects = h1.outgoing_status()["to-hub2"].connects;
+    for g in [late, b] {
+        g.shutdown().await;
+    }
+    hub2.shutdown().await;
+    assert!(eventually(10.0, || h1.outgoing_status()["to-hub2"].state != takgate::link::LinkState::Connected).await, "{:?}", h1.outgoing_status());
+    let hub2 = gateway(&hub_cfg("hub-two", &h2c, &h2k, &p2).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))).await;
+    assert!(eventually(20.0, || h1.outgoing_status()["to-hub2"].state == takgate::link::LinkState::Connected && h1.outgoing_status()["to-hub2"].connects == connects + 1).await, "{:?}", h1.outgoing_status());
+    assert!(h1.outgoing_status()["to-hub2"].last_error.is_some(), "why it went down is kept");
+    for g in [a, hub1, hub2] {
         g.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&pki.dir);

@@ -147,7 +147,7 @@ async fn links(State(st): St) -> Response {
 
 async fn hub(State(st): St) -> Response {
     let Some(h) = &st.control.hub else { return fail(StatusCode::CONFLICT, "hub mode is off (no [hub] section)") };
-    reply(StatusCode::OK, json!({"success": true, "id": h.id, "address": h.address.to_string(), "max_hops": h.max_hops, "policy": *h.policy(), "policy_error": h.policy_error(), "federates": h.view(), "outgoing_errors": h.outgoing_errors(), "counters": h.counters.snapshot()}))
+    reply(StatusCode::OK, json!({"success": true, "id": h.id, "address": h.address.to_string(), "max_hops": h.max_hops, "policy": *h.policy(), "policy_error": h.policy_error(), "federates": h.view(), "outgoing": h.outgoing_status(), "counters": h.counters.snapshot()}))
 }
 
 async fn hub_reload(State(st): St) -> Response {

@@ -98,9 +98,13 @@ pub struct HubConfig {
     pub crl: Vec<PathBuf>,
     /// The policy graph (JSON, as TAK's hub UI exports it). Re-read when it changes.
     pub policy: PathBuf,
-    /// Hops a message may have made when it leaves the hub (default 2; -1: unlimited).
+    /// Hubs a message may cross (default 2; -1: unlimited).
     #[serde(default = "hub_max_hops")]
     pub max_hops: i64,
+    /// Federates belong to the groups their CA certificates name (TAK's useCaGroups,
+    /// default true); false: only federate nodes of the policy admit them.
+    #[serde(default = "yes")]
+    pub use_ca_groups: bool,
     /// Close a federate's session after this long without a health check (TAK: 15).
     #[serde(default)]
     pub health_timeout_secs: Option<f64>,
@@ -131,6 +135,10 @@ fn hub_v2_address() -> String {
 
 fn hub_v1_address() -> String {
     "0.0.0.0:9101".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn hub_max_hops() -> i64 {

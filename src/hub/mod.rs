@@ -110,7 +110,8 @@ impl Session {
 
     fn member(&self, p: &Policy) -> Member {
         let id = lock(&self.fed_id).clone();
-        let groups = if self.outgoing { p.membership("", &self.ca_groups) } else { p.membership(&id, &self.ca_groups) };
+        let ca: &[String] = if p.use_ca_groups { &self.ca_groups } else { &[] };
+        let groups = if self.outgoing { p.membership("", ca) } else { p.membership(&id, ca) };
         Member { groups, id, outgoing: self.outgoing }
     }
     fn identified(&self) -> bool {
@@ -132,6 +133,8 @@ pub struct Hub {
     sessions: Mutex<Vec<Arc<Session>>>,
     serial: AtomicU64,
     pub max_hops: i64,
+    /// Federates belong to the groups named by their CA certificates (TAK: useCaGroups).
+    pub use_ca_groups: bool,
     pub health_timeout: Duration,
     pub queue_depth: usize,
     pub counters: Arc<LinkCounters>,
@@ -146,7 +149,8 @@ pub struct Hub {
     rol_order: Mutex<()>,
     /// Outgoing connections running, by name, and why each last ended.
     outgoing_tasks: Mutex<HashMap<String, CancellationToken>>,
-    outgoing_errors: Mutex<HashMap<String, String>>,
+    /// Each outgoing connection's state, as outgoing federation links keep theirs.
+    outgoing_status: Mutex<HashMap<String, Arc<crate::link::ConnStatus>>>,
     tls_client: Arc<rustls::ClientConfig>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -164,6 +168,8 @@ pub struct SessionView {
     pub ca_groups: Vec<String>,
     pub groups: Vec<String>,
     pub advertised: Vec<String>,
+    /// The groups the hub offers it (what those it receives from advertised, per edge).
+    pub offered: Vec<String>,
     pub contacts: usize,
     pub streams: Vec<&'static str>,
     /// A connection the hub made (an outgoing node).
@@ -193,7 +199,10 @@ impl Hub {
     pub fn reload(&self) -> Result<(), String> {
         let text = std::fs::read_to_string(&self.policy_path).map_err(|e| format!("{}: {e}", self.policy_path.display()))?;
         let p = match Policy::parse(&text) {
-            Ok(p) => p,
+            Ok(mut p) => {
+                p.use_ca_groups = self.use_ca_groups;
+                p
+            }
             Err(e) => {
                 let e = format!("{}: {e}", self.policy_path.display());
                 tracing::error!("hub policy not loaded, the previous one stays in force: {e}");
@@ -234,6 +243,9 @@ impl Hub {
                 tracing::info!(outgoing = %name, "the hub policy no longer has this outgoing connection: closing it");
                 token.cancel();
             }
+            if !keep {
+                lock(&self.outgoing_status).remove(name);
+            }
             keep
         });
         for o in want {
@@ -247,9 +259,13 @@ impl Hub {
         }
     }
 
-    /// Why each outgoing connection last ended.
-    pub fn outgoing_errors(&self) -> HashMap<String, String> {
-        lock(&self.outgoing_errors).clone()
+    /// Each outgoing connection's state: connected or not, connects, last error.
+    pub fn outgoing_status(&self) -> HashMap<String, crate::link::ConnState> {
+        lock(&self.outgoing_status).iter().map(|(k, v)| (k.clone(), v.get())).collect()
+    }
+
+    fn status_of(&self, name: &str) -> Arc<crate::link::ConnStatus> {
+        lock(&self.outgoing_status).entry(name.to_owned()).or_default().clone()
     }
 
     fn sessions(&self) -> Vec<Arc<Session>> {
@@ -540,6 +556,7 @@ impl Hub {
                     ca_groups: s.ca_groups.clone(),
                     groups: m.groups.clone(),
                     advertised: lock(&s.advertised).clone(),
+                    offered: self.groups_for(&s),
                     contacts: lock(&s.contacts).len(),
                     streams,
                     outgoing: s.outgoing,
@@ -570,7 +587,8 @@ fn stamp(id: &str, hub_max: i64, prov: &mut Vec<FederateProvenance>, hops: &mut 
 pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Store>, cancel: CancellationToken, tracker: &TaskTracker) -> Result<Arc<Hub>, StartError> {
     let err = |e: String| StartError::new("hub", e);
     let text = std::fs::read_to_string(&cfg.policy).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
-    let policy = Policy::parse(&text).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
+    let mut policy = Policy::parse(&text).map_err(|e| err(format!("policy {}: {e}", cfg.policy.display())))?;
+    policy.use_ca_groups = cfg.use_ca_groups;
     let files = crate::config::link::TlsFiles { ca: Some(cfg.ca.clone()), cert: Some(cfg.cert.clone()), key: Some(cfg.key.clone()), crl: cfg.crl.clone(), handshake_timeout_secs: None };
     let tls = crate::link::tls::server_for_required(&files, true, &[b"h2"]).map_err(|e| err(e.to_string()))?;
     let own_cert = crate::link::tls::load_certs(&cfg.cert).map_err(|e| err(e.to_string()))?.first().map(|c| c.to_vec()).unwrap_or_default();
@@ -600,6 +618,7 @@ pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Stor
         sessions: Mutex::default(),
         serial: AtomicU64::new(1),
         max_hops: cfg.max_hops,
+        use_ca_groups: cfg.use_ca_groups,
         health_timeout: Duration::from_secs_f64(cfg.health_timeout_secs.unwrap_or(15.0)),
         queue_depth: cfg.queue_depth.unwrap_or(16_384).max(1),
         counters: counters.clone(),
@@ -609,7 +628,7 @@ pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Stor
         replay_max_file_bytes: cfg.replay_max_file_bytes,
         rol_order: Mutex::default(),
         outgoing_tasks: Mutex::default(),
-        outgoing_errors: Mutex::default(),
+        outgoing_status: Mutex::default(),
         tls_client,
         tracker: tracker.clone(),
         cancel: cancel.clone(),

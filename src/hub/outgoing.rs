@@ -41,10 +41,12 @@ fn requests<T: Send + 'static>(items: Vec<T>, rx: mpsc::Receiver<T>, stop: Cance
 /// Keeps one outgoing connection up until `cancel` (the hub stops, or the policy no longer
 /// has it).
 pub(super) async fn run(hub: Arc<Hub>, o: OutgoingNode, tls: Arc<rustls::ClientConfig>, cancel: CancellationToken) {
+    let status = hub.status_of(&o.name);
     while !cancel.is_cancelled() {
-        let why = once(&hub, &o, &tls, &cancel).await;
+        status.state(crate::link::LinkState::Connecting);
+        let why = once(&hub, &o, &tls, &cancel, &status).await;
         tracing::warn!(outgoing = %o.name, host = %o.host, port = o.port, "hub outgoing connection ended: {why}; again in {} s", RECONNECT.as_secs());
-        *lock(&hub.outgoing_errors).entry(o.name.clone()).or_default() = why;
+        status.error(why);
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(RECONNECT) => {}
@@ -52,7 +54,7 @@ pub(super) async fn run(hub: Arc<Hub>, o: OutgoingNode, tls: Arc<rustls::ClientC
     }
 }
 
-async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>, cancel: &CancellationToken) -> String {
+async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>, cancel: &CancellationToken, status: &crate::link::ConnStatus) -> String {
     let addr = format!("{}:{}", o.host, o.port);
     let tcp = match tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&addr)).await {
         Ok(Ok(t)) => t,
@@ -77,7 +79,7 @@ async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>,
     let ca_groups = peer.as_ref().map(|p| super::identity::ca_groups(&p.issuers)).unwrap_or_default();
     let s = Session::new(hub.serial.fetch_add(1, Relaxed), addr.clone(), o.name.clone(), o.name.clone(), fingerprint, ca_groups, true, session.clone());
     lock(&hub.sessions).push(s.clone());
-    let why = serve(hub, &s, &mut c, &mut tasks, &session).await;
+    let why = serve(hub, &s, &mut c, &mut tasks, &session, status).await;
     session.cancel();
     tasks.abort_all();
     hub.left(&s);
@@ -85,11 +87,12 @@ async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>,
     why
 }
 
-async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::Client, tasks: &mut JoinSet<()>, session: &CancellationToken) -> String {
+async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::v2::Client, tasks: &mut JoinSet<()>, session: &CancellationToken, status: &crate::link::ConnStatus) -> String {
     let sub = match subscribe(hub, s, c, tasks).await {
         Ok(sub) => sub,
         Err(e) => return e,
     };
+    status.up();
     tracing::info!(outgoing = %lock(&s.name), remote = %s.remote, "hub outgoing connection up");
     send(hub, s, c, tasks, session);
     health(hub, s, c, tasks, session, sub).await

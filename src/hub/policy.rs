@@ -87,13 +87,22 @@ pub struct Edge {
 }
 
 /// A validated policy graph.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
     pub name: String,
+    /// Federates belong to the group nodes named by their CA groups (TAK's `useCaGroups`,
+    /// on by default); off, only FederateCells admit and place federates.
+    pub use_ca_groups: bool,
     pub groups: Vec<GroupNode>,
     pub federates: Vec<FederateNode>,
     pub outgoings: Vec<OutgoingNode>,
     pub edges: Vec<Edge>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy { name: String::new(), use_ca_groups: true, groups: vec![], federates: vec![], outgoings: vec![], edges: vec![] }
+    }
 }
 
 /// A connected federate as the router of the hub sees it.
@@ -200,6 +209,7 @@ impl Policy {
     /// The policy's groups a federate belongs to: its CA groups that are group nodes, and
     /// the groups of a FederateCell with its id.
     pub fn membership(&self, federate_id: &str, ca_groups: &[String]) -> Vec<String> {
+        let ca_groups = if self.use_ca_groups { ca_groups } else { &[] };
         let mut out: Vec<String> = ca_groups.iter().filter(|g| self.groups.iter().any(|n| &n.name == *g)).cloned().collect();
         for f in self.federates.iter().filter(|f| f.name == federate_id) {
             out.extend(f.groups.iter().cloned());
@@ -311,8 +321,12 @@ mod tests {
             { "graphType": "GroupCell", "id": 3, "roger_federation": { "name": "CA-X" } },
             { "graphType": "EdgeCell", "id": 4, "source": { "id": 2 }, "target": { "id": 3 },
               "roger_federation": { "name": "s->x", "groupsFilterType": "disallowed", "disallowedGroups": ["Secret"] } } ] } } }"#;
-        let p = Policy::parse(legacy).unwrap();
+        let mut p = Policy::parse(legacy).unwrap();
         assert_eq!(p.membership("static-fed", &[]), ["ALL"]);
+        assert_eq!(p.membership("someone", &["CA-X".into()]), ["CA-X"]);
+        p.use_ca_groups = false;
+        assert!(p.membership("someone", &["CA-X".into()]).is_empty(), "useCaGroups off: CA groups place no one");
+        p.use_ca_groups = true;
         assert!(p.admits("static-fed", &[]) && !p.admits("nobody", &[]));
         let (s, o, x) = (m("static-fed", &["ALL"]), m("other", &["ALL"]), m("x", &["CA-X"]));
         let all = [s.clone(), o.clone(), x.clone()];
