@@ -158,9 +158,14 @@ fn buffer(s: &AmqpSettings, pending: &mut VecDeque<Arc<Message>>, m: Arc<Message
 }
 
 async fn session(s: &AmqpSettings, router: &RouterHandle, id: u64, rx: &mut mpsc::Receiver<Arc<Message>>, pending: &mut VecDeque<Arc<Message>>, cancel: &CancellationToken) -> Result<(), String> {
+    // A broker that is starting can take the TCP connection and not finish the AMQP
+    // handshake: without a deadline the link would wait there for good.
     let conn = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        c = Connection::connect(&s.url, ConnectionProperties::default()) => c.map_err(|e| err("connect", e))?,
+        c = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&s.url, ConnectionProperties::default())) => match c {
+            Ok(c) => c.map_err(|e| err("connect", e))?,
+            Err(_) => return Err(format!("broker: connect: no AMQP handshake within {} s", CONNECT_TIMEOUT.as_secs())),
+        },
     };
     let publish = conn.create_channel().await.map_err(|e| err("channel", e))?;
     publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| err("confirm_select", e))?;
@@ -194,6 +199,9 @@ async fn session(s: &AmqpSettings, router: &RouterHandle, id: u64, rx: &mut mpsc
 
 /// Published events waiting for the broker's confirm; the message rides on its last confirm.
 type InFlight = VecDeque<(std::pin::Pin<Box<lapin::PublisherConfirm>>, Option<Arc<Message>>)>;
+
+/// How long connecting to the broker (TCP and the AMQP handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How many confirms may be outstanding at once.
 const WINDOW: usize = 4096;

@@ -183,7 +183,7 @@ impl Clients {
         let check = async {
             for _ in 0..10 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let conn = lapin::Connection::connect(&self.s.url, lapin::ConnectionProperties::default()).await.ok()?;
+                let conn = tokio::time::timeout(super::BROKER_CONNECT_TIMEOUT, lapin::Connection::connect(&self.s.url, lapin::ConnectionProperties::default())).await.ok()?.ok()?;
                 let ch = conn.create_channel().await.ok()?;
                 let r = ch.queue_declare(uid.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, lapin::types::FieldTable::default()).await;
                 let _ = conn.close(200, "ok".into()).await;

@@ -41,6 +41,10 @@ use crate::missions::Missions;
 use crate::router::{Message, PeerInfo, PeerPolicy, RouterHandle};
 use crate::store::{Change, ChangeType};
 
+/// How long connecting to the broker (TCP and the AMQP handshake) may take: a broker that
+/// is starting can take the connection and not finish the handshake.
+const BROKER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// OpenTAKServer's exchanges (name, type), all durable.
 pub const OTS_FIREHOSE: (&str, ExchangeKind) = ("firehose", ExchangeKind::Fanout);
 pub const OTS_GROUPS: (&str, ExchangeKind) = ("groups", ExchangeKind::Topic);
@@ -191,7 +195,7 @@ async fn bus(s: &Arc<OtsSettings>, router: &RouterHandle, id: u64, clients: &Arc
 async fn consume(s: &OtsSettings, router: &RouterHandle, id: u64, clients: &Clients, missions: &Arc<Missions>, api: Option<&api::Api>, cancel: &CancellationToken) -> Result<(), String> {
     let conn = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        c = Connection::connect(&s.url, ConnectionProperties::default()) => c.map_err(|e| format!("connect: {e}"))?,
+        c = tokio::time::timeout(BROKER_CONNECT_TIMEOUT, Connection::connect(&s.url, ConnectionProperties::default())) => c.map_err(|_| "connect: no AMQP handshake within 15 s".to_string())?.map_err(|e| format!("connect: {e}"))?,
     };
     for x in [OTS_FIREHOSE, OTS_GROUPS, OTS_MISSIONS] {
         check_exchange(&conn, x).await?;
