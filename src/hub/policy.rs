@@ -337,6 +337,44 @@ mod tests {
         assert!(p.reach(&x, &[], &all).is_empty(), "nothing leads from x");
     }
 
+    /// The minimal policy of ../shared/specs/tak-fedhub.md §8.2, as written there.
+    const SPEC_MINIMAL: &str = r#"{
+  "name": "minimal",
+  "version": "1",
+  "type": "Federation",
+  "description": "CA-A <-> CA-B, all groups",
+  "graphData": {
+    "nodes": [
+      { "graphType": "GroupCell", "id": "gA",
+        "federation": { "name": "CN=CA-A,O=Org A,C=US-<sha256 hex of CA-A cert DER>",
+                        "interconnected": false, "allowTokenAuth": false, "tokenAuthDuration": -1 } },
+      { "graphType": "GroupCell", "id": "gB",
+        "federation": { "name": "CN=CA-B,O=Org B,C=US-<sha256 hex of CA-B cert DER>",
+                        "interconnected": false, "allowTokenAuth": false, "tokenAuthDuration": -1 } },
+      { "graphType": "EdgeCell", "id": "e1", "source": { "id": "gA" }, "target": { "id": "gB" },
+        "federation": { "name": "A->B", "allowedGroups": [], "disallowedGroups": [],
+                        "groupsFilterType": "allGroups", "edgeFilters": [] } },
+      { "graphType": "EdgeCell", "id": "e2", "source": { "id": "gB" }, "target": { "id": "gA" },
+        "federation": { "name": "B->A", "allowedGroups": [], "disallowedGroups": [],
+                        "groupsFilterType": "allGroups", "edgeFilters": [] } }
+    ]
+  }
+}"#;
+
+    #[test]
+    fn the_specs_sample_policy_loads_and_exchanges_both_ways() {
+        let p = Policy::parse(SPEC_MINIMAL).unwrap();
+        assert_eq!((p.name.as_str(), p.groups.len(), p.edges.len()), ("minimal", 2, 2));
+        let a = m("a", &["CN=CA-A,O=Org A,C=US-<sha256 hex of CA-A cert DER>"]);
+        let b = m("b", &["CN=CA-B,O=Org B,C=US-<sha256 hex of CA-B cert DER>"]);
+        let all = [a.clone(), b.clone()];
+        assert_eq!(p.reach(&a, &[], &all).len(), 1);
+        assert_eq!(p.reach(&b, &["Cyan".into()], &all)[0].1, ["Cyan"]);
+        let broken = SPEC_MINIMAL.replace(r#""target": { "id": "gA" }"#, r#""target": { "id": "gC" }"#);
+        let e = Policy::parse(&broken).unwrap_err();
+        assert!(e.contains("\"e2\"") && e.contains("\"B->A\"") && e.contains("\"gC\" is not a node"), "{e}");
+    }
+
     #[test]
     fn what_does_not_validate_names_its_node_or_edge() {
         let bad_edge = MINIMAL.replace(r#""target": { "id": "gB" }"#, r#""target": { "id": "nope" }"#);
