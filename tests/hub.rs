@@ -484,3 +484,68 @@ async fn hub_to_hub_and_the_reasons_a_federate_is_refused() {
     }
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_with_pytak_clients_see_what_the_policy_allows() {
+    use common::py::{args, peer};
+    let dir = std::env::temp_dir().join(format!("takgate-hub3-{}-{}", std::process::id(), fastrand::u64(..)));
+    let cas: Vec<Authority> = (1..=3).map(|i| Authority::new(&dir.join(format!("ca{i}")), &format!("CA-{i}")).unwrap()).collect();
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, cas.iter().map(|c| std::fs::read_to_string(&c.ca).unwrap()).collect::<String>()).unwrap();
+    let g: Vec<String> = cas.iter().map(|c| group_id(&c.ca)).collect();
+    let policy_path = dir.join("policy.json");
+    // 1 -> 2 only in Cyan; 2 -> 1 everything; 1 -> 3 everything, one way; nothing from 3.
+    std::fs::write(&policy_path, format!(r#"{{ "graphData": {{ "nodes": [
+        {{ "graphType": "GroupCell", "id": "g1", "federation": {{ "name": "{}" }} }},
+        {{ "graphType": "GroupCell", "id": "g2", "federation": {{ "name": "{}" }} }},
+        {{ "graphType": "GroupCell", "id": "g3", "federation": {{ "name": "{}" }} }},
+        {{ "graphType": "EdgeCell", "id": "e1", "source": {{ "id": "g1" }}, "target": {{ "id": "g2" }}, "federation": {{ "name": "1->2 Cyan", "groupsFilterType": "allowed", "allowedGroups": ["Cyan"] }} }},
+        {{ "graphType": "EdgeCell", "id": "e2", "source": {{ "id": "g2" }}, "target": {{ "id": "g1" }}, "federation": {{ "name": "2->1" }} }},
+        {{ "graphType": "EdgeCell", "id": "e3", "source": {{ "id": "g1" }}, "target": {{ "id": "g3" }}, "federation": {{ "name": "1->3" }} }} ] }} }}"#, g[0], g[1], g[2])).unwrap();
+    let (hc, hk) = cas[0].leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", bundle.display(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    let mut servers = vec![];
+    for (i, ca) in cas.iter().enumerate() {
+        let (c, k) = ca.leaf(&format!("server-{}", i + 1), &["localhost"]).unwrap();
+        // Server 3 federates over v1.
+        let (target, v) = if i == 2 { (h.v1_address.unwrap(), "federation-v1") } else { (h.address, "federation-v2") };
+        let cfg = spoke(&format!("server-{}", i + 1), target, &bundle.display().to_string(), &c, &k, "outbound_groups = [\"Cyan\", \"Red\"]\n").replace("federation-v2", v);
+        servers.push(gateway(&cfg).await);
+    }
+    assert!(eventually(20.0, || h.view().iter().filter(|s| s.streams.contains(&"events")).count() == 3).await, "{:?}", h.view().iter().map(|s| (&s.federate_id, &s.streams)).collect::<Vec<_>>());
+    let go = dir.join("go");
+    let url = |i: usize| format!("tcp://{}", servers[i].local_addr("c").unwrap());
+    let run = |i: usize, uid: &str, group: &str| tokio::spawn(peer(args(&format!("--url {} --uid {uid} --callsign {uid} --group {group} --send 2 --interval 0.2 --listen 5 --go-file {}", url(i), go.display())), 40.0));
+    let peers = [run(0, "S1-CYAN", "Cyan"), run(0, "S1-RED", "Red"), run(1, "S2-RED", "Red"), run(2, "S3-CYAN", "Cyan")];
+    let attached = |i: usize, n: usize| {
+        let s = &servers[i];
+        async move { eventually(20.0, || s.counters("c").is_some()).await && common::peers_settle_at(s, n).await >= n }
+    };
+    assert!(attached(0, 3).await && attached(1, 2).await && attached(2, 2).await, "pytak clients attached (plus the hub link)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&go, b"go").unwrap();
+    let mut runs = vec![];
+    for p in peers {
+        runs.push(p.await.unwrap());
+    }
+    let got = |r: &common::py::PeerRun| -> Vec<(String, Vec<u32>)> {
+        let mut uids: Vec<String> = r.events.iter().filter_map(|e| e["uid"].as_str().map(str::to_owned)).filter(|u| u.starts_with('S')).collect();
+        uids.sort();
+        uids.dedup();
+        uids.into_iter().map(|u| (u.clone(), r.seqs_from(&u))).collect()
+    };
+    let want = |list: &[&str]| -> Vec<(String, Vec<u32>)> { list.iter().map(|u| (u.to_string(), vec![1, 2])).collect() };
+    // Server 1: its own other client, and server 2 (2 -> 1); nothing from server 3.
+    assert_eq!(got(&runs[0]), want(&["S1-RED", "S2-RED"]), "at server 1 (S1-CYAN's client): {}", runs[0].stderr);
+    assert_eq!(got(&runs[1]), want(&["S1-CYAN", "S2-RED"]), "at server 1 (S1-RED's client)");
+    // Server 2: only server 1's Cyan (1 -> 2 allows Cyan).
+    assert_eq!(got(&runs[2]), want(&["S1-CYAN"]), "at server 2");
+    // Server 3 (v1): all of server 1 (one way), nothing of server 2.
+    assert_eq!(got(&runs[3]), want(&["S1-CYAN", "S1-RED"]), "at server 3");
+    for s in servers {
+        s.shutdown().await;
+    }
+    hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -67,14 +67,14 @@ def emit(obj) -> None:
 # Building what we send
 # --------------------------------------------------------------------------
 
-def position_report(uid: str, callsign: str, seq: int, stale: int) -> bytes:
+def position_report(uid: str, callsign: str, seq: int, stale: int, group: str = "Cyan") -> bytes:
     """An ATAK-style SA event; seq makes every event distinguishable."""
     detail = ET.Element("detail")
     ET.SubElement(detail, "takv", device="peer.py", platform="pytak",
                   os="linux", version="1")
     ET.SubElement(detail, "contact", callsign=callsign,
                   endpoint="*:-1:stcp")
-    ET.SubElement(detail, "__group", name="Cyan", role="Team Member")
+    ET.SubElement(detail, "__group", name=group, role="Team Member")
     remarks = ET.SubElement(detail, "remarks")
     remarks.text = f"seq={seq}"
     event = pytak.cot_event(
@@ -272,7 +272,7 @@ async def run(args) -> int:
             if k and args.interval:
                 await asyncio.sleep(args.interval)
             data = payloads[k] if payloads is not None else \
-                position_report(args.uid, args.callsign, k + 1, args.stale)
+                position_report(args.uid, args.callsign, k + 1, args.stale, args.group)
             await tx.send_data(data)
             sent += 1
     except Exception as exc:
@@ -322,6 +322,7 @@ def main() -> int:
                     help="do not verify the server certificate at all")
     ap.add_argument("--uid", default="peer-1")
     ap.add_argument("--callsign", default="PEER1")
+    ap.add_argument("--group", default="Cyan", help="the __group of the position reports sent")
     ap.add_argument("--send", type=int, default=None,
                     help="number of events to send (default 0; 1 with --send-xml)")
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between sends")
