@@ -185,11 +185,16 @@ async fn spokes_federate_through_the_hub_by_its_policy() {
     let b_link = b.control().cfg.links.iter().find(|l| l.name == "hub").unwrap().clone();
     assert!(b.control().remove_link("hub"));
     assert!(eventually(10.0, || !h.view().iter().any(|s| s.name == "spoke-b")).await, "B left the hub");
-    ca_client.send(&to_mission("ITEM-2", "ops")).await;
+    for item in ["ITEM-2", "ITEM-2B", "ITEM-2C"] {
+        ca_client.send(&to_mission(item, "ops")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!b.store().changes("ops").unwrap().iter().any(|c| c.content_uid == "ITEM-2"));
     b.control().add_link(&b_link).await.unwrap();
-    assert!(eventually(15.0, || b.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-2")).unwrap_or(false)).await, "B got the change it missed on its return");
+    assert!(eventually(15.0, || b.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-2C")).unwrap_or(false)).await, "B got the changes it missed on its return");
+    let order: Vec<String> = b.store().changes("ops").unwrap().into_iter().map(|c| c.content_uid).filter(|u| u.starts_with("ITEM-2")).collect();
+    assert_eq!(order, ["ITEM-2", "ITEM-2B", "ITEM-2C"], "every missed change, in order, once");
     assert!(eventually(5.0, || up(&b)).await);
     ca_client.send(&to_mission("ITEM-3", "ops")).await;
     assert!(eventually(10.0, || b.store().changes("ops").map(|c| c.iter().any(|c| c.content_uid == "ITEM-3")).unwrap_or(false)).await, "live ROL after the replay");
