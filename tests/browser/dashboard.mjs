@@ -4,19 +4,15 @@
 //
 // usage: node dashboard.mjs URL TOKEN SCREENSHOT NAME PORT CA_PEM CERT_PEM KEY_PEM
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { openDashboard } from "./open.mjs";
 
 const [url, token, shot, name, port, ca, cert, key] = process.argv.slice(2);
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
 const result = { steps: [] };
+let browser;
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(url);
-  await page.fill("#token", token);
-  await page.click("#save-token");
-  await page.waitForSelector("body[data-loaded='1']", { timeout: 10000 });
+  const opened = await openDashboard(url, token, { width: 1400, height: 1000 });
+  browser = opened.browser;
+  const { page, errors } = opened;
   await page.waitForFunction(() => document.querySelectorAll("#links tbody tr").length >= 1);
   result.links = await page.$$eval("#links tbody tr", (rows) => rows.map((r) => r.cells[0].textContent));
   result.steps.push("links");
@@ -55,7 +51,7 @@ try {
   result.ok = false;
   result.error = String(e);
 } finally {
-  await browser.close();
+  if (browser) await browser.close();
 }
 console.log(JSON.stringify(result));
 process.exit(result.ok ? 0 : 1);

@@ -3,19 +3,15 @@
 // the page drew, and saves a screenshot. Prints one JSON line; exits non-zero on failure.
 //
 // usage: node hub.mjs URL TOKEN SCREENSHOT FEDERATES
-import { chromium } from "playwright-core";
+import { openDashboard } from "./open.mjs";
 
 const [url, token, shot, feds] = process.argv.slice(2);
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
 const result = {};
+let browser;
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(url);
-  await page.fill("#token", token);
-  await page.click("#save-token");
-  await page.waitForSelector("body[data-loaded='1']", { timeout: 10000 });
+  const opened = await openDashboard(url, token, { width: 1400, height: 1100 });
+  browser = opened.browser;
+  const { page, errors } = opened;
   await page.waitForFunction((n) => document.querySelectorAll("#hubgraph circle.fed.live").length >= Number(n), feds, { timeout: 15000 });
   result.visible = await page.isVisible("#hub");
   result.groups = await page.$$eval("#hubgraph circle.node.group", (c) => c.length);
@@ -30,5 +26,5 @@ try {
   console.log(JSON.stringify({ ...result, error: String(e) }));
   process.exitCode = 1;
 } finally {
-  await browser.close();
+  if (browser) await browser.close();
 }
