@@ -48,7 +48,7 @@ async fn clients_fanout_udp_multicast_and_idle_scenarios() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federation_scenario_over_v1_and_v2() {
     for protocol in ["v1", "v2"] {
-        let f = bench::federation(bench::FederationArgs { protocol: protocol.into(), target: None, receive_target: None, senders: 1, duration: 1.5, rate: Some(2000.0), json: false }).await.unwrap();
+        let f = bench::federation(bench::FederationArgs { protocol: protocol.into(), target: None, receive_target: None, senders: 1, duration: 1.5, rate: Some(2000.0), hub: false, json: false }).await.unwrap();
         assert!(f.sent >= 2500, "{protocol}: {f:?}");
         // A check that the scenario works; the throughput figures live in BENCHMARKS.md (a busy
         // shared machine delivers less of a paced load within the short window: with other
@@ -56,6 +56,10 @@ async fn federation_scenario_over_v1_and_v2() {
         // and after the link-layer redesign alike).
         assert!(f.delivered_pct > 80.0, "{protocol}: paced load crosses the link: {f:?}");
     }
-    let e = bench::federation(bench::FederationArgs { protocol: "v3".into(), target: None, receive_target: None, senders: 1, duration: 1.0, rate: None, json: false }).await;
+    // Through a takgate Federation Hub, with the direct link of the same run for the ratio.
+    let f = bench::federation(bench::FederationArgs { protocol: "v2".into(), target: None, receive_target: None, senders: 1, duration: 1.5, rate: Some(2000.0), hub: true, json: false }).await.unwrap();
+    assert!(f.via_hub && f.direct_events_per_s.is_some_and(|d| d > 0.0) && f.ratio_to_direct.is_some(), "{f:?}");
+    assert!(f.delivered_pct > 80.0, "paced load crosses the hub: {f:?}");
+    let e = bench::federation(bench::FederationArgs { protocol: "v3".into(), target: None, receive_target: None, senders: 1, duration: 1.0, rate: None, hub: false, json: false }).await;
     assert!(e.is_err());
 }

@@ -495,12 +495,20 @@ pub struct FederationArgs {
     /// Offered load in events/s (all senders together); default: as fast as they can.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// v2: the two nodes federate through a takgate Federation Hub (both connect to it); the
+    /// direct link is measured first in the same run, for the ratio.
+    #[arg(long)]
+    pub hub: bool,
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FederationSummary {
+    /// Through a Federation Hub; then the direct link's rate of the same run and the ratio.
+    pub via_hub: bool,
+    pub direct_events_per_s: Option<f64>,
+    pub ratio_to_direct: Option<f64>,
     pub scenario: &'static str,
     pub protocol: String,
     pub senders: u32,
@@ -518,6 +526,10 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
         "v2" => "federation-v2",
         p => return Err(format!("--protocol {p:?}: use v1 or v2")),
     };
+    if a.hub && (transport != "federation-v2" || a.target.is_some()) {
+        return Err("--hub runs its own nodes and hub over v2".into());
+    }
+    let direct = if a.hub { Some(Box::pin(federation(FederationArgs { hub: false, ..a.clone() })).await?.events_per_s) } else { None };
     let mut nodes = vec![];
     let (send_to, recv_from) = match (&a.target, &a.receive_target) {
         (Some(t), Some(r)) => (t.clone(), r.clone()),
@@ -537,9 +549,26 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
                 )
             };
             let cfg = |t: String| crate::config::Config::parse(&t).map_err(|e| e.to_string());
-            let na = crate::runtime::start(&cfg(node("node-a", "listen", "127.0.0.1:0", &ac, &ak))?).await.map_err(|e| e.to_string())?;
-            let fed = na.local_addr("fed").ok_or("node A has no federation address")?;
-            let nb = crate::runtime::start(&cfg(node("node-b", "connect", &fed.to_string(), &bc, &bk))?).await.map_err(|e| e.to_string())?;
+            let (na, nb) = if a.hub {
+                // Both nodes spokes of one hub whose policy has the bench CA as an
+                // interconnected group (everything between its members).
+                let (hc, hk) = ca.leaf("hub", &["localhost", "127.0.0.1"])?;
+                let der = crate::link::tls::load_certs(&ca.ca).map_err(|e| e.to_string())?.remove(0);
+                let policy = dir.join("bench-policy.json");
+                let group = crate::hub::identity::ca_group_id(&der)?;
+                std::fs::write(&policy, format!(r#"{{"name":"bench","graphData":{{"nodes":[{{"graphType":"GroupCell","id":"g","federation":{{"name":{},"interconnected":true}}}}]}}}}"#, serde_json::Value::String(group))).map_err(|e| e.to_string())?;
+                let hub = crate::runtime::start(&cfg(format!("[node]\nid = \"bench-hub\"\n[log]\nlevel = \"warn\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nqueue_depth = 65536\nreplay_hours = 0\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", ca.ca.display(), hc.display(), hk.display(), policy.display()))?).await.map_err(|e| e.to_string())?;
+                let at = hub.control().hub.as_ref().map(|h| h.address.to_string()).ok_or("no hub")?;
+                let na = crate::runtime::start(&cfg(node("node-a", "connect", &at, &ac, &ak))?).await.map_err(|e| e.to_string())?;
+                let nb = crate::runtime::start(&cfg(node("node-b", "connect", &at, &bc, &bk))?).await.map_err(|e| e.to_string())?;
+                nodes.push(hub);
+                (na, nb)
+            } else {
+                let na = crate::runtime::start(&cfg(node("node-a", "listen", "127.0.0.1:0", &ac, &ak))?).await.map_err(|e| e.to_string())?;
+                let fed = na.local_addr("fed").ok_or("node A has no federation address")?;
+                let nb = crate::runtime::start(&cfg(node("node-b", "connect", &fed.to_string(), &bc, &bk))?).await.map_err(|e| e.to_string())?;
+                (na, nb)
+            };
             let (ta, tb) = (na.local_addr("c").ok_or("no client port")?.to_string(), nb.local_addr("c").ok_or("no client port")?.to_string());
             let deadline = Instant::now() + Duration::from_secs(10);
             while na.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) || nb.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) {
@@ -561,7 +590,11 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
     for n in nodes {
         n.shutdown().await;
     }
+    let events_per_s = delivered as f64 / a.duration;
     Ok(FederationSummary {
+        via_hub: a.hub,
+        direct_events_per_s: direct,
+        ratio_to_direct: direct.filter(|d| *d > 0.0).map(|d| events_per_s / d),
         scenario: "federation",
         protocol: a.protocol.clone(),
         senders: a.senders,
@@ -569,7 +602,7 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
         offered_per_s: a.rate,
         sent,
         delivered,
-        events_per_s: delivered as f64 / a.duration,
+        events_per_s,
         delivered_pct: if sent > 0 { 100.0 * delivered as f64 / sent as f64 } else { 0.0 },
     })
 }
