@@ -534,51 +534,8 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
     let (send_to, recv_from) = match (&a.target, &a.receive_target) {
         (Some(t), Some(r)) => (t.clone(), r.clone()),
         (None, None) => {
-            let dir = std::env::temp_dir().join(format!("takgate-bench-fed-{}", std::process::id()));
-            let ca = crate::certs::Authority::new(&dir, "takgate bench CA")?;
-            let (ac, ak) = ca.leaf("node-a", &["localhost", "127.0.0.1"])?;
-            let (bc, bk) = ca.leaf("node-b", &["localhost", "127.0.0.1"])?;
-            let node = |id: &str, mode: &str, addr: &str, cert: &std::path::Path, key: &std::path::Path| {
-                format!(
-                    "[node]\nid = \"{id}\"\n[log]\nlevel = \"warn\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nqueue_depth = 65536\n\
-                     [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"{mode}\"\naddress = \"{addr}\"\n{}queue_depth = 65536\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                    if mode == "connect" { "server_name = \"localhost\"\n" } else { "" },
-                    ca.ca.display(),
-                    cert.display(),
-                    key.display()
-                )
-            };
-            let cfg = |t: String| crate::config::Config::parse(&t).map_err(|e| e.to_string());
-            let (na, nb) = if a.hub {
-                // Both nodes spokes of one hub whose policy has the bench CA as an
-                // interconnected group (everything between its members).
-                let (hc, hk) = ca.leaf("hub", &["localhost", "127.0.0.1"])?;
-                let der = crate::link::tls::load_certs(&ca.ca).map_err(|e| e.to_string())?.remove(0);
-                let policy = dir.join("bench-policy.json");
-                let group = crate::hub::identity::ca_group_id(&der)?;
-                std::fs::write(&policy, format!(r#"{{"name":"bench","graphData":{{"nodes":[{{"graphType":"GroupCell","id":"g","federation":{{"name":{},"interconnected":true}}}}]}}}}"#, serde_json::Value::String(group))).map_err(|e| e.to_string())?;
-                let hub = crate::runtime::start(&cfg(format!("[node]\nid = \"bench-hub\"\n[log]\nlevel = \"warn\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nqueue_depth = 65536\nreplay_hours = 0\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", ca.ca.display(), hc.display(), hk.display(), policy.display()))?).await.map_err(|e| e.to_string())?;
-                let at = hub.control().hub.as_ref().map(|h| h.address.to_string()).ok_or("no hub")?;
-                let na = crate::runtime::start(&cfg(node("node-a", "connect", &at, &ac, &ak))?).await.map_err(|e| e.to_string())?;
-                let nb = crate::runtime::start(&cfg(node("node-b", "connect", &at, &bc, &bk))?).await.map_err(|e| e.to_string())?;
-                nodes.push(hub);
-                (na, nb)
-            } else {
-                let na = crate::runtime::start(&cfg(node("node-a", "listen", "127.0.0.1:0", &ac, &ak))?).await.map_err(|e| e.to_string())?;
-                let fed = na.local_addr("fed").ok_or("node A has no federation address")?;
-                let nb = crate::runtime::start(&cfg(node("node-b", "connect", &fed.to_string(), &bc, &bk))?).await.map_err(|e| e.to_string())?;
-                (na, nb)
-            };
-            let (ta, tb) = (na.local_addr("c").ok_or("no client port")?.to_string(), nb.local_addr("c").ok_or("no client port")?.to_string());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while na.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) || nb.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) {
-                if Instant::now() > deadline {
-                    return Err("the two nodes did not federate within 10 s".into());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            nodes.push(na);
-            nodes.push(nb);
+            let (started, ta, tb) = local_nodes(transport, a.hub).await?;
+            nodes = started;
             (ta, tb)
         }
         _ => return Err("give both --target (node A) and --receive-target (node B), or neither".into()),
@@ -605,6 +562,61 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
         events_per_s,
         delivered_pct: if sent > 0 { 100.0 * delivered as f64 / sent as f64 } else { 0.0 },
     })
+}
+
+/// Two takgate nodes federated over loopback with a fresh CA (directly, or both as spokes
+/// of a takgate hub); the nodes (and hub) and the two client ports.
+async fn local_nodes(transport: &str, hub: bool) -> Result<(Vec<crate::runtime::Gateway>, String, String), String> {
+    let dir = std::env::temp_dir().join(format!("takgate-bench-fed-{}", std::process::id()));
+    let ca = crate::certs::Authority::new(&dir, "takgate bench CA")?;
+    let (ac, ak) = ca.leaf("node-a", &["localhost", "127.0.0.1"])?;
+    let (bc, bk) = ca.leaf("node-b", &["localhost", "127.0.0.1"])?;
+    let node = |id: &str, mode: &str, addr: &str, cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[node]\nid = \"{id}\"\n[log]\nlevel = \"warn\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\nqueue_depth = 65536\n\
+             [[link]]\nname = \"fed\"\ntransport = \"{transport}\"\nmode = \"{mode}\"\naddress = \"{addr}\"\n{}queue_depth = 65536\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            if mode == "connect" { "server_name = \"localhost\"\n" } else { "" },
+            ca.ca.display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    let start = |t: String| async move { crate::runtime::start(&crate::config::Config::parse(&t).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string()) };
+    let mut nodes = vec![];
+    let (na, nb) = if hub {
+        let h = bench_hub(&ca, &dir).await?;
+        let at = h.control().hub.as_ref().map(|h| h.address.to_string()).ok_or("no hub")?;
+        nodes.push(h);
+        (start(node("node-a", "connect", &at, &ac, &ak)).await?, start(node("node-b", "connect", &at, &bc, &bk)).await?)
+    } else {
+        let na = start(node("node-a", "listen", "127.0.0.1:0", &ac, &ak)).await?;
+        let fed = na.local_addr("fed").ok_or("node A has no federation address")?;
+        let nb = start(node("node-b", "connect", &fed.to_string(), &bc, &bk)).await?;
+        (na, nb)
+    };
+    let (ta, tb) = (na.local_addr("c").ok_or("no client port")?.to_string(), nb.local_addr("c").ok_or("no client port")?.to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while na.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) || nb.router().stats().await.iter().all(|s| !s.transport.starts_with("federation")) {
+        if Instant::now() > deadline {
+            return Err("the two nodes did not federate within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes.push(na);
+    nodes.push(nb);
+    Ok((nodes, ta, tb))
+}
+
+/// A takgate hub whose policy has the bench CA as one interconnected group (everything
+/// between its members).
+async fn bench_hub(ca: &crate::certs::Authority, dir: &std::path::Path) -> Result<crate::runtime::Gateway, String> {
+    let (hc, hk) = ca.leaf("hub", &["localhost", "127.0.0.1"])?;
+    let der = crate::link::tls::load_certs(&ca.ca).map_err(|e| e.to_string())?.remove(0);
+    let policy = dir.join("bench-policy.json");
+    let group = crate::hub::identity::ca_group_id(&der)?;
+    std::fs::write(&policy, format!(r#"{{"name":"bench","graphData":{{"nodes":[{{"graphType":"GroupCell","id":"g","federation":{{"name":{},"interconnected":true}}}}]}}}}"#, serde_json::Value::String(group))).map_err(|e| e.to_string())?;
+    let cfg = format!("[node]\nid = \"bench-hub\"\n[log]\nlevel = \"warn\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nqueue_depth = 65536\nreplay_hours = 0\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", ca.ca.display(), hc.display(), hk.display(), policy.display());
+    crate::runtime::start(&crate::config::Config::parse(&cfg).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())
 }
 
 /// `idle`: N connections that only hold still; the gateway's resident memory per connection.
