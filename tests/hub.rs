@@ -554,3 +554,45 @@ async fn three_servers_with_pytak_clients_see_what_the_policy_allows() {
     hub.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_dials_a_server_that_behaves_as_tak_server() {
+    // tests/common/tak.rs: written from TAK Server's FederationServer (lazy response headers:
+    // ClientEventStream silent until ServerEventStream exists; the chain's second certificate
+    // required; streams closed after 15 s without a health check).
+    let pki = Pki::new();
+    let ga = group_id(&pki.a.ca);
+    let (tc, tk) = pki.b.leaf("tak", &["localhost", "127.0.0.1"]).unwrap();
+    let tak = common::tak::Tak::start(&tc, &tk, Path::new(&pki.bundle()), common::tak::Options::default()).await;
+    tak.local_user("TAK-USER", "TAKUSER", 5);
+    let policy_path = pki.dir.join("tak.json");
+    std::fs::write(&policy_path, format!(r#"{{ "graphData": {{ "nodes": [
+        {{ "graphType": "GroupCell", "id": "gA", "federation": {{ "name": "{ga}" }} }},
+        {{ "graphType": "FederationOutgoingCell", "id": "o1", "federation": {{ "outgoingName": "to-tak", "host": "127.0.0.1", "port": {} }} }},
+        {{ "graphType": "EdgeCell", "id": "e1", "source": {{ "id": "gA" }}, "target": {{ "id": "o1" }}, "federation": {{ "name": "A->TAK" }} }},
+        {{ "graphType": "EdgeCell", "id": "e2", "source": {{ "id": "o1" }}, "target": {{ "id": "gA" }}, "federation": {{ "name": "TAK->A" }} }} ] }} }}"#, tak.addr.port())).unwrap();
+    let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", pki.bundle(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    let (ac, ak) = pki.a.leaf("spoke-a", &["localhost"]).unwrap();
+    let a = gateway(&spoke("spoke-a", h.address, &pki.bundle(), &ac, &ak, "")).await;
+    let mut client = Client::tcp(a.local_addr("c").unwrap()).await;
+    assert!(eventually(20.0, || h.outgoing_status().get("to-tak").is_some_and(|s| s.state == LinkState::Connected)).await, "{:?}", h.outgoing_status());
+    // TAK's user reaches the spoke's client through the hub; the spoke's user reaches TAK.
+    let mut got = vec![];
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until && !got.iter().any(|e: &CotEvent| e.uid == "TAK-USER") {
+        got.extend(client.recv(Duration::from_millis(200)).await);
+    }
+    assert!(got.iter().any(|e| e.uid == "TAK-USER"), "{:?}", uids(&got));
+    client.send(&event("ALPHA-1", "Cyan", 1)).await;
+    assert!(eventually(10.0, || tak.state().has_cot("ALPHA-1")).await, "TAK got the spoke's event");
+    // Health checks keep the session past TAK's 15 s timeout.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    assert_eq!(h.outgoing_status()["to-tak"].connects, 1, "{:?}", h.outgoing_status());
+    assert_eq!(tak.state().deadlines, 0);
+    for g in [a, hub] {
+        g.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
