@@ -509,6 +509,8 @@ pub struct FederationSummary {
     pub via_hub: bool,
     pub direct_events_per_s: Option<f64>,
     pub ratio_to_direct: Option<f64>,
+    /// Events the hub did not forward because the receiving federate's queue was full.
+    pub hub_dropped: Option<u64>,
     pub scenario: &'static str,
     pub protocol: String,
     pub senders: u32,
@@ -544,6 +546,7 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
     let dial = Target { target: send_to, ca: None, cert: None, key: None, server_name: None, proto: false, quic: false, allow_remote: false, json: a.json }.dial().await?;
     let rx_dial = Target { target: recv_from, ca: None, cert: None, key: None, server_name: None, proto: false, quic: false, allow_remote: false, json: a.json }.dial().await?;
     let (sent, delivered) = fanout_paced(&dial, &rx_dial, a.senders, 1, a.duration, a.rate).await;
+    let hub_dropped = nodes.iter().find_map(|n| n.control().hub.as_ref().map(|h| h.counters.drops_queue_full.load(std::sync::atomic::Ordering::Relaxed)));
     for n in nodes {
         n.shutdown().await;
     }
@@ -552,6 +555,7 @@ pub async fn federation(a: FederationArgs) -> Result<FederationSummary, String> 
         via_hub: a.hub,
         direct_events_per_s: direct,
         ratio_to_direct: direct.filter(|d| *d > 0.0).map(|d| events_per_s / d),
+        hub_dropped,
         scenario: "federation",
         protocol: a.protocol.clone(),
         senders: a.senders,

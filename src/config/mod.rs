@@ -119,6 +119,15 @@ pub struct HubConfig {
     /// without (TAK's shipped hub: 200 bytes). Default 64 MiB.
     #[serde(default = "hub_replay_max_file_bytes")]
     pub replay_max_file_bytes: usize,
+    /// Contacts kept per federate, offered with their latest position to federates that
+    /// connect later (default 10000). Past it, new contacts are still forwarded live but not
+    /// kept, and counted (`contacts_not_kept`).
+    #[serde(default = "hub_max_contacts")]
+    pub max_contacts_per_federate: usize,
+}
+
+fn hub_max_contacts() -> usize {
+    10_000
 }
 
 fn hub_replay_hours() -> f64 {

@@ -20,7 +20,7 @@ mod v1;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::{Acquire, Relaxed, Release}};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,6 +55,8 @@ pub struct SessionCounters {
     pub rol_out: AtomicU64,
     /// Not sent to this federate: its queue was full.
     pub dropped: AtomicU64,
+    /// Contacts it announced past `max_contacts_per_federate`: forwarded, not kept.
+    pub contacts_not_kept: AtomicU64,
 }
 
 /// One federate connected to the hub.
@@ -131,6 +133,11 @@ pub struct Hub {
     /// The last policy file that did not validate, and why (the previous policy stays).
     policy_error: Mutex<Option<String>>,
     sessions: Mutex<Vec<Arc<Session>>>,
+    /// Bumped after every change to the sessions or to an identity (join, leave, named).
+    generation: AtomicU64,
+    /// The identified sessions with their membership under a policy, for the generation it
+    /// was computed in: routing reads it instead of recomputing it per message.
+    graph_cache: Mutex<Option<GraphCache>>,
     serial: AtomicU64,
     pub max_hops: i64,
     /// Federates belong to the groups named by their CA certificates (TAK: useCaGroups).
@@ -144,6 +151,8 @@ pub struct Hub {
     store: Arc<crate::store::Store>,
     pub replay: Duration,
     pub replay_max_file_bytes: usize,
+    /// Contacts kept per federate (offered to federates that connect later).
+    pub max_contacts: usize,
     /// Storing and routing a ROL, and opening a ClientROLStream (replay up to the newest
     /// stored id, live after it), happen one at a time: nothing twice, nothing missed.
     rol_order: Mutex<()>,
@@ -157,6 +166,48 @@ pub struct Hub {
     /// Itself, weakly (policy reloads start outgoing connections).
     me: Mutex<std::sync::Weak<Hub>>,
 }
+
+/// The longest an event waits for room at its destinations before it is dropped.
+const HOLD_MAX: Duration = Duration::from_millis(500);
+
+/// An event none of whose destinations had room (see `Hub::route_event`).
+#[derive(Default)]
+pub(crate) struct Held(Vec<(mpsc::Sender<FederatedEvent>, Arc<Session>, FederatedEvent)>);
+
+impl Held {
+    /// Waits (up to `HOLD_MAX`) until one destination has room, then sends to every one that
+    /// has room; the rest are dropped and counted.
+    pub(crate) async fn deliver(self, hub: &Hub) {
+        if self.0.is_empty() {
+            return;
+        }
+        let room = futures_util::future::select_all(self.0.iter().map(|(tx, _, _)| Box::pin(tx.reserve())));
+        let _ = tokio::time::timeout(HOLD_MAX, room).await;
+        for (tx, s, fe) in self.0 {
+            match tx.try_send(fe) {
+                Ok(()) => hub.sent(&s),
+                Err(_) => hub.dropped(&s),
+            }
+        }
+    }
+
+    /// Where the caller cannot wait: dropped and counted.
+    pub(crate) fn drop_now(self, hub: &Hub) {
+        for (_, s, _) in self.0 {
+            hub.dropped(&s);
+        }
+    }
+}
+
+/// Members of the graph as of one generation of sessions and one policy.
+struct GraphCache {
+    policy: Arc<Policy>,
+    generation: u64,
+    members: Members,
+}
+
+/// Identified sessions and their membership.
+type Members = Arc<[(Arc<Session>, Member)]>;
 
 /// A federate's state for the admin API.
 #[derive(Debug, Serialize)]
@@ -182,7 +233,7 @@ pub struct SessionView {
 
 fn copy(c: &SessionCounters) -> SessionCounters {
     let g = |a: &AtomicU64| AtomicU64::new(a.load(Relaxed));
-    SessionCounters { events_in: g(&c.events_in), events_out: g(&c.events_out), rol_in: g(&c.rol_in), rol_out: g(&c.rol_out), dropped: g(&c.dropped) }
+    SessionCounters { events_in: g(&c.events_in), events_out: g(&c.events_out), rol_in: g(&c.rol_in), rol_out: g(&c.rol_out), dropped: g(&c.dropped), contacts_not_kept: g(&c.contacts_not_kept) }
 }
 
 impl Hub {
@@ -272,19 +323,57 @@ impl Hub {
         lock(&self.sessions).clone()
     }
 
-    /// Identified sessions with their policy membership.
-    fn members(&self, p: &Policy) -> Vec<(Arc<Session>, Member)> {
-        self.sessions().into_iter().filter(|s| s.identified()).map(|s| {
+    /// A session starts.
+    fn join(&self, s: Arc<Session>) {
+        lock(&self.sessions).push(s);
+        self.changed();
+    }
+
+    /// A session ends.
+    fn part(&self, serial: u64) {
+        lock(&self.sessions).retain(|x| x.serial != serial);
+        self.changed();
+    }
+
+    /// The sessions or an identity changed: the graph is computed again when next needed.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Release);
+    }
+
+    /// Identified sessions with their policy membership (computed once per generation of
+    /// sessions and policy).
+    fn members(&self, p: &Arc<Policy>) -> Members {
+        let generation = self.generation.load(Acquire);
+        if let Some(c) = lock(&self.graph_cache).as_ref() {
+            if c.generation == generation && Arc::ptr_eq(&c.policy, p) {
+                return c.members.clone();
+            }
+        }
+        let members: Members = self.sessions().into_iter().filter(|s| s.identified()).map(|s| {
             let m = s.member(p);
             (s, m)
-        }).collect()
+        }).collect();
+        let mut cache = lock(&self.graph_cache);
+        // A change since `generation` was read may be missing here: then this is not kept.
+        if self.generation.load(Acquire) == generation {
+            *cache = Some(GraphCache { policy: p.clone(), generation, members: members.clone() });
+        }
+        members
     }
 
     /// The identified sessions with their membership, and `who`'s own (None: not identified).
-    fn graph(&self, p: &Policy, who: &Session) -> (Vec<(Arc<Session>, Member)>, Option<Member>) {
+    fn graph(&self, p: &Arc<Policy>, who: &Session) -> (Members, Option<Member>) {
         let members = self.members(p);
         let me = members.iter().find(|(s, _)| s.serial == who.serial).map(|(_, m)| m.clone());
         (members, me)
+    }
+
+    /// The sessions `src` reaches with `groups`, each with the groups it gets.
+    fn destinations<'m>(p: &Policy, members: &'m Members, src: &Member, groups: &[String]) -> Vec<(&'m Arc<Session>, Vec<String>)> {
+        p.reach(src, groups, members.iter().map(|(_, m)| m))
+            .into_iter()
+            .filter_map(|(dst, g)| members.iter().find(|(_, m)| std::ptr::eq(m, dst)).map(|(s, _)| (s, g)))
+            .collect()
     }
 
     /// Our provenance and the hop count on what leaves the hub; false when over the limit.
@@ -296,21 +385,27 @@ impl Hub {
         prov.iter().any(|p| p.federation_server_id == self.id)
     }
 
-    /// Routes an event from `from` to every federate the policy lets it reach.
-    fn route_event(&self, from: &Session, fe: FederatedEvent) {
+    /// Routes an event from `from` to every federate the policy lets it reach. When none of
+    /// them has room, the event comes back held: the caller waits for room before it reads
+    /// `from` again (`Held::deliver`), so the federate's stream is slowed instead of its
+    /// events read and dropped; with one destination that has room, the others drop.
+    #[must_use = "a held event is delivered with Held::deliver, or dropped with it"]
+    fn route_event(&self, from: &Session, fe: FederatedEvent) -> Held {
         from.counters.events_in.fetch_add(1, Relaxed);
         LinkCounters::inc(&self.counters.events_in);
         if self.seen(&fe.federate_provenance) {
             LinkCounters::inc(&self.counters.loops);
-            return;
+            return Held::default();
         }
         if let Some(c) = &fe.contact {
             let mut contacts = lock(&from.contacts);
             if c.operation == Crud::Delete as i32 {
                 contacts.remove(&c.uid);
                 lock(&from.latest).remove(&c.uid);
-            } else {
+            } else if contacts.len() < self.max_contacts || contacts.contains_key(&c.uid) {
                 contacts.insert(c.uid.clone(), fe.clone());
+            } else if from.counters.contacts_not_kept.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(federate = %lock(&from.fed_id), kept = contacts.len(), "this federate announces more contacts than the hub keeps (hub.max_contacts_per_federate): the rest are forwarded live but not offered to federates that connect later");
             }
         } else if let Some(ev) = &fe.event {
             if lock(&from.contacts).contains_key(&ev.uid) {
@@ -318,37 +413,54 @@ impl Hub {
             }
         }
         let p = self.policy();
-        let (members, src) = self.graph(&p, from);
-        let Some(src) = src else {
+        let members = self.members(&p);
+        let Some((_, src)) = members.iter().find(|(s, _)| s.serial == from.serial) else {
             // TAK's hub drops events from a session it has not identified yet.
             LinkCounters::inc(&self.counters.filtered);
-            return;
+            return Held::default();
         };
-        let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
-        for (dst, groups) in p.reach(&src, &fe.federate_groups, &ms) {
-            let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
-            let mut out = fe.clone();
+        let dests = Self::destinations(&p, &members, src, &fe.federate_groups);
+        let last = dests.len().saturating_sub(1);
+        let mut fe = Some(fe);
+        let (mut full, mut sent) = (vec![], false);
+        for (i, (s, groups)) in dests.into_iter().enumerate() {
+            // The last destination gets the event itself, the others a copy.
+            let Some(mut out) = (if i == last { fe.take() } else { fe.clone() }) else { break };
             out.federate_groups = groups;
             if !self.stamp(&mut out.federate_provenance, &mut out.federate_hops) {
                 LinkCounters::inc(&self.counters.filtered);
                 continue;
             }
-            self.send_event(s, out);
+            let Some(tx) = lock(&s.streams).events.clone() else {
+                self.dropped(s);
+                continue;
+            };
+            match tx.try_send(out) {
+                Ok(()) => {
+                    self.sent(s);
+                    sent = true;
+                }
+                Err(mpsc::error::TrySendError::Full(out)) => full.push((tx, s.clone(), out)),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.dropped(s),
+            }
         }
+        if sent {
+            for (_, s, _) in &full {
+                self.dropped(s);
+            }
+            full.clear();
+        }
+        Held(full)
     }
 
-    fn send_event(&self, to: &Session, fe: FederatedEvent) {
-        let tx = lock(&to.streams).events.clone();
-        match tx.map(|t| t.try_send(fe).is_ok()) {
-            Some(true) => {
-                to.counters.events_out.fetch_add(1, Relaxed);
-                LinkCounters::inc(&self.counters.events_out);
-            }
-            _ => {
-                to.counters.dropped.fetch_add(1, Relaxed);
-                LinkCounters::inc(&self.counters.drops_queue_full);
-            }
-        }
+    fn sent(&self, to: &Session) {
+        to.counters.events_out.fetch_add(1, Relaxed);
+        LinkCounters::inc(&self.counters.events_out);
+    }
+
+    fn dropped(&self, to: &Session) {
+        to.counters.dropped.fetch_add(1, Relaxed);
+        LinkCounters::inc(&self.counters.drops_queue_full);
     }
 
     /// Routes a ROL from `from` (held until `from` has its own ClientROLStream, as TAK's hub).
@@ -371,9 +483,7 @@ impl Hub {
                 tracing::warn!("hub: ROL not kept for replay: {e}");
             }
         }
-        let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
-        for (dst, groups) in p.reach(&src, &rol.federate_groups, &ms) {
-            let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
+        for (s, groups) in Self::destinations(&p, &members, &src, &rol.federate_groups) {
             let mut out = rol.clone();
             out.federate_groups = groups;
             if !self.stamp(&mut out.federate_provenance, &mut out.federate_hops) {
@@ -403,11 +513,9 @@ impl Hub {
         let p = self.policy();
         let (members, src) = self.graph(&p, from);
         let Some(src) = src else { return };
-        let ms: Vec<Member> = members.iter().map(|(_, m)| m.clone()).collect();
         let mut sent = false;
         if self.stamp(&mut blob.federate_provenance, &mut blob.federate_hops) {
-            for (dst, _) in p.reach(&src, &[], &ms) {
-                let Some((s, _)) = members.iter().find(|(_, m)| m == dst) else { continue };
+            for (s, _) in Self::destinations(&p, &members, &src, &[]) {
                 if let Some(tx) = lock(&s.streams).blobs.clone() {
                     sent |= tx.try_send(blob.clone()).is_ok();
                 }
@@ -483,7 +591,7 @@ impl Hub {
         let (members, dst) = self.graph(&p, to);
         let Some(dst) = dst else { return vec![] };
         let mut out: Vec<String> = vec![];
-        for (s, m) in &members {
+        for (s, m) in members.iter() {
             if !p.reaches_at_all(m, &dst) {
                 continue;
             }
@@ -517,7 +625,7 @@ impl Hub {
         let (members, dst) = self.graph(&p, to);
         let Some(dst) = dst else { return vec![] };
         let mut out = vec![];
-        for (s, m) in &members {
+        for (s, m) in members.iter() {
             if s.serial == to.serial {
                 continue;
             }
@@ -616,6 +724,8 @@ pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Stor
         policy: RwLock::new(Arc::new(policy)),
         policy_error: Mutex::default(),
         sessions: Mutex::default(),
+        generation: AtomicU64::new(0),
+        graph_cache: Mutex::default(),
         serial: AtomicU64::new(1),
         max_hops: cfg.max_hops,
         use_ca_groups: cfg.use_ca_groups,
@@ -626,6 +736,7 @@ pub async fn start(cfg: &HubConfig, node_id: &str, store: Arc<crate::store::Stor
         store,
         replay: Duration::from_secs_f64(cfg.replay_hours * 3600.0),
         replay_max_file_bytes: cfg.replay_max_file_bytes,
+        max_contacts: cfg.max_contacts_per_federate,
         rol_order: Mutex::default(),
         outgoing_tasks: Mutex::default(),
         outgoing_status: Mutex::default(),

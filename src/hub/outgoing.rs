@@ -78,12 +78,12 @@ async fn once(hub: &Arc<Hub>, o: &OutgoingNode, tls: &Arc<rustls::ClientConfig>,
     let fingerprint = peer.as_ref().map(|p| p.fingerprint.replace(':', "").to_ascii_lowercase()).unwrap_or_default();
     let ca_groups = peer.as_ref().map(|p| super::identity::ca_groups(&p.issuers)).unwrap_or_default();
     let s = Session::new(hub.serial.fetch_add(1, Relaxed), addr.clone(), o.name.clone(), o.name.clone(), fingerprint, ca_groups, true, session.clone());
-    lock(&hub.sessions).push(s.clone());
+    hub.join(s.clone());
     let why = serve(hub, &s, &mut c, &mut tasks, &session, status).await;
     session.cancel();
     tasks.abort_all();
     hub.left(&s);
-    lock(&hub.sessions).retain(|x| x.serial != s.serial);
+    hub.part(s.serial);
     why
 }
 
@@ -111,7 +111,7 @@ async fn subscribe(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::
         let mut st = r.into_inner();
         while let Ok(Some(fe)) = st.message().await {
             if fe.event.is_some() || fe.contact.is_some() {
-                h.route_event(&me, fe);
+                h.route_event(&me, fe).deliver(&h).await;
             }
         }
         me.cancel.cancel();
@@ -151,9 +151,9 @@ async fn subscribe(hub: &Arc<Hub>, s: &Arc<Session>, c: &mut crate::federation::
             *lock(&me.advertised) = g.federate_groups;
             let p = h.policy();
             let m = me.member(&p);
-            for (o, om) in h.members(&p) {
-                if o.serial != me.serial && p.reaches_at_all(&m, &om) {
-                    h.push_groups(&o);
+            for (o, om) in h.members(&p).iter() {
+                if o.serial != me.serial && p.reaches_at_all(&m, om) {
+                    h.push_groups(o);
                 }
             }
         }

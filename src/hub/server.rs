@@ -87,7 +87,12 @@ impl Svc {
         let first = {
             let mut f = lock(&self.s.fed_id);
             let first = f.is_empty();
+            let renamed = *f != fed_id;
             *f = fed_id.clone();
+            drop(f);
+            if renamed {
+                self.hub.changed();
+            }
             first
         };
         *lock(&self.s.name) = id.name.clone();
@@ -155,11 +160,21 @@ impl FederatedChannel for Svc {
 
     type ServerEventStreamStream = Out<Subscription>;
     async fn server_event_stream(&self, r: Request<Streaming<FederatedEvent>>) -> Result<Response<Self::ServerEventStreamStream>, Status> {
-        let (hub, s) = (self.hub.clone(), self.s.clone());
-        self.consume(r.into_inner(), move |fe| {
-            // An empty event (TAK and hubs send one first) carries nothing to route.
-            if fe.event.is_some() || fe.contact.is_some() {
-                hub.route_event(&s, fe);
+        let (hub, s, stop) = (self.hub.clone(), self.s.clone(), self.s.cancel.clone());
+        let mut inbound = r.into_inner();
+        tokio::spawn(async move {
+            loop {
+                let fe = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = inbound.message() => match m {
+                        Ok(Some(fe)) => fe,
+                        _ => return,
+                    },
+                };
+                // An empty event (TAK and hubs send one first) carries nothing to route.
+                if fe.event.is_some() || fe.contact.is_some() {
+                    hub.route_event(&s, fe).deliver(&hub).await;
+                }
             }
         });
         Ok(Response::new(stream_of(vec![self.reply()], None, self.s.cancel.clone())))
@@ -211,8 +226,8 @@ impl FederatedChannel for Svc {
             *lock(&s.advertised) = g.federate_groups.clone();
             let p = hub.policy();
             let me = s.member(&p);
-            for (o, m) in hub.members(&p) {
-                if o.serial != s.serial && p.reaches_at_all(&me, &m) {
+            for (o, m) in hub.members(&p).iter() {
+                if o.serial != s.serial && p.reaches_at_all(&me, m) {
                     hub.push_groups(&o);
                 }
             }
@@ -236,10 +251,10 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     let Some(identity) = identity else { return };
     let serial = hub.serial.fetch_add(1, Relaxed);
     let s = Session::new(serial, remote.clone(), String::new(), String::new(), identity.fingerprint.replace(':', "").to_ascii_lowercase(), identity::ca_groups(&identity.issuers), false, cancel.child_token());
-    lock(&hub.sessions).push(s.clone());
+    hub.join(s.clone());
     let svc = FederatedChannelServer::new(Svc { hub: hub.clone(), s: s.clone() }).max_decoding_message_size(crate::federation::v2::DEFAULT_MAX_MESSAGE).max_encoding_message_size(crate::federation::v2::DEFAULT_MAX_MESSAGE);
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.initial_stream_window_size(4 << 20).initial_connection_window_size(8 << 20).max_frame_size(256 << 10);
+    b.initial_stream_window_size(4 << 20).initial_connection_window_size(8 << 20).max_frame_size(256 << 10).max_send_buf_size(1 << 20);
     let fut = b.serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(svc));
     tokio::pin!(fut);
     let reason = tokio::select! {
@@ -258,10 +273,10 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     // Its contacts leave the federates they reached.
     let contacts: Vec<String> = lock(&s.contacts).keys().cloned().collect();
     for uid in contacts {
-        hub.route_event(&s, FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, ..Default::default() }), ..Default::default() });
+        hub.route_event(&s, FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Delete as i32, uid, ..Default::default() }), ..Default::default() }).drop_now(&hub);
     }
     hub.left(&s);
-    lock(&hub.sessions).retain(|x| x.serial != serial);
+    hub.part(serial);
     tracing::info!(federate = %lock(&s.fed_id), %remote, %reason, "federate left the hub");
 }
 

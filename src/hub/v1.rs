@@ -39,7 +39,7 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     }
     let (tx, mut rx) = mpsc::channel::<FederatedEvent>(hub.queue_depth);
     let s = Session::new(serial, remote.clone(), fed_id.clone(), identity.cn.clone(), fingerprint, ca_groups, false, cancel.child_token());
-    lock(&hub.sessions).push(s.clone());
+    hub.join(s.clone());
     lock(&s.streams).events = Some(tx);
     tracing::info!(federate = %fed_id, %remote, "v1 federate joined the hub");
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -52,9 +52,9 @@ async fn serve(hub: Arc<Hub>, conn: Conn) {
     s.cancel.cancel();
     let contacts: Vec<String> = lock(&s.contacts).keys().cloned().collect();
     for uid in contacts {
-        hub.route_event(&s, FederatedEvent { contact: Some(crate::federation::fig::ContactListEntry { operation: crate::federation::fig::Crud::Delete as i32, uid, ..Default::default() }), ..Default::default() });
+        hub.route_event(&s, FederatedEvent { contact: Some(crate::federation::fig::ContactListEntry { operation: crate::federation::fig::Crud::Delete as i32, uid, ..Default::default() }), ..Default::default() }).drop_now(&hub);
     }
-    lock(&hub.sessions).retain(|x| x.serial != serial);
+    hub.part(serial);
     tracing::info!(federate = %fed_id, %remote, reason = why, "v1 federate left the hub");
 }
 
@@ -103,7 +103,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, hub: &Hub, s: 
         }
         while let Some(f) = dec.next_frame() {
             match f {
-                Ok(fe) if fe.event.is_some() || fe.contact.is_some() => hub.route_event(s, fe),
+                Ok(fe) if fe.event.is_some() || fe.contact.is_some() => hub.route_event(s, fe).deliver(hub).await,
                 Ok(_) => {}
                 Err(e) => {
                     // v1 has no resynchronisation point: the connection ends (as TAK's).
