@@ -596,3 +596,82 @@ async fn the_hub_dials_a_server_that_behaves_as_tak_server() {
     }
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+/// A federate whose only destination cannot keep up is slowed down, not read and dropped:
+/// the hub holds its stream while the destination's queue is full (hub queue of 8, the
+/// destination not reading for 3 s behind megabytes of HTTP/2 windows). And the contacts the
+/// hub keeps per federate are bounded (`max_contacts_per_federate`), counted past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_destination_slows_its_source_and_kept_contacts_are_bounded() {
+    use takgate::federation::fig::{ContactListEntry, Crud, FederatedEvent, GeoEvent};
+    let pki = Pki::new();
+    let (ga, gb) = (group_id(&pki.a.ca), group_id(&pki.b.ca));
+    let policy_path = pki.dir.join("p.json");
+    std::fs::write(&policy_path, policy(&ga, &gb, "")).unwrap();
+    let (hc, hk) = pki.a.leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\nqueue_depth = 8\nmax_contacts_per_federate = 2\n", pki.bundle(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    let (session, mut tasks) = (tokio_util::sync::CancellationToken::new(), tokio::task::JoinSet::new());
+    let (ac, ak) = pki.a.leaf("raw-a", &["localhost"]).unwrap();
+    let (a, _) = raw_federate(h.address, &pki.bundle(), &ac, &ak, "raw-a", &mut tasks, &session).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<FederatedEvent>(16);
+    let (mut out, held) = (a.clone(), session.clone());
+    tasks.spawn(async move {
+        // The response is kept open: dropping it resets the stream, and HTTP/2 discards what
+        // the hub had received but not read yet.
+        let _response = out.server_event_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })).await;
+        held.cancelled().await;
+    });
+    for c in ["c1", "c2", "c3"] {
+        tx.send(FederatedEvent { contact: Some(ContactListEntry { operation: Crud::Create as i32, uid: c.into(), callsign: c.into(), ..Default::default() }), ..Default::default() }).await.unwrap();
+    }
+    assert!(eventually(10.0, || h.view().iter().any(|s| s.name == "raw-a" && s.counters.contacts_not_kept.load(std::sync::atomic::Ordering::Relaxed) == 1)).await, "the third contact is counted as not kept");
+    // B arrives: it is offered the two contacts kept, then the hub's group list.
+    let (bc, bk) = pki.b.leaf("raw-b", &["localhost"]).unwrap();
+    let (mut b, bsub) = raw_federate(h.address, &pki.bundle(), &bc, &bk, "raw-b", &mut tasks, &session).await;
+    let mut st = b.client_event_stream(bsub).await.unwrap().into_inner();
+    let mut offered = vec![];
+    loop {
+        let fe = tokio::time::timeout(Duration::from_secs(10), st.message()).await.expect("B's first events").unwrap().unwrap();
+        match fe.contact {
+            Some(c) => offered.push(c.uid),
+            None => break,
+        }
+    }
+    offered.sort();
+    assert_eq!(offered, ["c1", "c2"], "the contacts kept, offered to a federate that connects later");
+    // A sends 6,000 events of 2 KiB (12 MB) while B reads nothing for 3 s.
+    const N: usize = 6000;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    tasks.spawn(async move {
+        for i in 0..N {
+            let ev = GeoEvent { uid: format!("u{i}"), r#type: "a-f-G".into(), coord_source: "m-g".into(), other: "x".repeat(2048), send_time: 1, start_time: 1, stale_time: 2, ..Default::default() };
+            if tx.send(FederatedEvent { event: Some(ev), ..Default::default() }).await.is_err() {
+                return;
+            }
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_reading = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(before_reading < N, "A was slowed down while B did not read (all {N} sent)");
+    let mut got = 0;
+    while got < N {
+        match tokio::time::timeout(Duration::from_secs(10), st.message()).await {
+            Ok(Ok(Some(fe))) if fe.event.is_some() => got += 1,
+            Ok(Ok(Some(_))) => {}
+            _ => break,
+        }
+        let dropped = h.view().iter().find(|s| s.name == "raw-b").map(|s| s.counters.dropped.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0) as usize;
+        if got + dropped >= N {
+            break;
+        }
+    }
+    let dropped = h.view().iter().find(|s| s.name == "raw-b").unwrap().counters.dropped.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    // Each 500 ms an event may give up waiting: a handful at most, never thousands.
+    assert!(dropped <= 8 && got + dropped == N, "B got {got}, the hub dropped {dropped} of {N} (A had sent {before_reading} when B started reading)");
+    session.cancel();
+    hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
