@@ -75,6 +75,10 @@ enum BenchCmd {
     Fanout(takgate::bench::FanoutArgs),
     /// Events per second across one federation link (v1 or v2) between two nodes.
     Federation(takgate::bench::FederationArgs),
+    /// N nodes federated through a takgate hub, or pair-wise with one of them, TAK clients on
+    /// each at R Hz: delivery to every other client and latency (with --hub-process, the
+    /// hub's memory per federate).
+    Spokes(takgate::bench::spokes::SpokesArgs),
     /// Datagram senders into the gateway (UDP port or multicast group), stream receivers out.
     Udp(takgate::bench::UdpArgs),
     /// N idle connections; with --pid, the gateway's resident memory per connection.
@@ -342,6 +346,10 @@ fn main() -> ExitCode {
                     BenchCmd::Federation(a) => {
                         let json = a.json;
                         bench::print(&bench::federation(a).await?, json);
+                    }
+                    BenchCmd::Spokes(a) => {
+                        let json = a.json;
+                        bench::print(&bench::spokes::spokes(a).await?, json);
                     }
                     BenchCmd::Udp(a) => {
                         let json = a.target.json;

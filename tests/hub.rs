@@ -14,6 +14,7 @@ use common::{eventually, gateway, Client};
 use takgate::certs::Authority;
 use takgate::cot::{CotEvent, CotTime};
 use takgate::link::LinkState;
+use takgate::runtime::Gateway;
 
 fn group_id(ca: &Path) -> String {
     let der = takgate::link::tls::load_certs(ca).unwrap().remove(0);
@@ -674,4 +675,122 @@ async fn a_stalled_destination_slows_its_source_and_kept_contacts_are_bounded() 
     session.cancel();
     hub.shutdown().await;
     let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+/// One pytak client per node sending at 1 Hz (3 reports), all started by one go-file; what
+/// each received from the others, per uid, with every seq (nothing twice).
+/// `peers[i]`: the router peers node i has once its client is attached (client + federates).
+async fn one_pytak_per_node(nodes: &[Gateway], peers_when_attached: &[usize], dir: &Path) -> Vec<Vec<(String, Vec<u32>)>> {
+    use common::py::{args, peer};
+    let go = dir.join("go");
+    let peers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let url = format!("tcp://{}", n.local_addr("c").unwrap());
+            tokio::spawn(peer(args(&format!("--url {url} --uid S{} --callsign S{} --send 3 --interval 1.0 --listen 6 --go-file {}", i + 1, i + 1, go.display())), 60.0))
+        })
+        .collect();
+    for (i, (n, want)) in nodes.iter().zip(peers_when_attached).enumerate() {
+        assert!(common::peers_settle_at(n, *want).await >= *want, "the pytak client on node {} attached", i + 1);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&go, b"go").unwrap();
+    let mut out = vec![];
+    for p in peers {
+        let r = p.await.unwrap();
+        let mut uids: Vec<String> = r.events.iter().filter_map(|e| e["uid"].as_str().map(str::to_owned)).filter(|u| u.starts_with('S')).collect();
+        uids.sort();
+        uids.dedup();
+        out.push(uids.into_iter().map(|u| (u.clone(), r.seqs_from(&u))).collect());
+    }
+    out
+}
+
+fn from(list: &[usize]) -> Vec<(String, Vec<u32>)> {
+    let mut l: Vec<usize> = list.to_vec();
+    l.sort_by_key(|i| format!("S{i}"));
+    l.into_iter().map(|i| (format!("S{i}"), vec![1, 2, 3])).collect()
+}
+
+/// The "5+ federates" case: six servers, each with its own CA, through one hub whose policy
+/// is a ring (i -> i+1) plus server 1 -> everyone; a pytak client on each server at 1 Hz
+/// sees exactly what the edges allow, each report once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_spokes_with_pytak_clients_at_1_hz_see_exactly_what_the_policy_allows() {
+    let dir = std::env::temp_dir().join(format!("takgate-hub6-{}-{}", std::process::id(), fastrand::u64(..)));
+    let cas: Vec<Authority> = (1..=6).map(|i| Authority::new(&dir.join(format!("ca{i}")), &format!("CA-{i}")).unwrap()).collect();
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, cas.iter().map(|c| std::fs::read_to_string(&c.ca).unwrap()).collect::<String>()).unwrap();
+    let mut nodes: Vec<String> = cas.iter().enumerate().map(|(i, c)| format!(r#"{{ "graphType": "GroupCell", "id": "g{}", "federation": {{ "name": "{}" }} }}"#, i + 1, group_id(&c.ca))).collect();
+    let mut edge = |s: usize, t: usize| nodes.push(format!(r#"{{ "graphType": "EdgeCell", "id": "e{s}-{t}", "source": {{ "id": "g{s}" }}, "target": {{ "id": "g{t}" }}, "federation": {{ "name": "{s}->{t}" }} }}"#));
+    for s in 1..=6 {
+        edge(s, s % 6 + 1);
+    }
+    for t in 3..=6 {
+        edge(1, t);
+    }
+    let policy_path = dir.join("policy.json");
+    std::fs::write(&policy_path, format!(r#"{{ "graphData": {{ "nodes": [ {} ] }} }}"#, nodes.join(",\n"))).unwrap();
+    let (hc, hk) = cas[0].leaf("hub", &["localhost", "127.0.0.1"]).unwrap();
+    let hub = gateway(&format!("[node]\nid = \"the-hub\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", bundle.display(), hc.display(), hk.display(), policy_path.display())).await;
+    let h = hub.control().hub.clone().unwrap();
+    let mut servers = vec![];
+    for (i, ca) in cas.iter().enumerate() {
+        let (c, k) = ca.leaf(&format!("server-{}", i + 1), &["localhost"]).unwrap();
+        servers.push(gateway(&spoke(&format!("server-{}", i + 1), h.address, &bundle.display().to_string(), &c, &k, "")).await);
+    }
+    assert!(eventually(30.0, || h.view().iter().filter(|s| s.streams.contains(&"events")).count() == 6).await, "six federates subscribed");
+    let got = one_pytak_per_node(&servers, &[2; 6], &dir).await;
+    let want = [from(&[6]), from(&[1]), from(&[1, 2]), from(&[1, 3]), from(&[1, 4]), from(&[1, 5])];
+    for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        assert_eq!(g, w, "at server {}", i + 1);
+    }
+    for s in servers {
+        s.shutdown().await;
+    }
+    hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without a hub: one takgate federated pair-wise with five others at once over v2, a pytak
+/// client on each at 1 Hz. Node 1's client sees all five; the others see node 1's only
+/// (federation is pair-wise: node 1 does not relay one federate's traffic to another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_federated_pair_wise_with_five_others_at_once() {
+    let dir = std::env::temp_dir().join(format!("takgate-fed6-{}-{}", std::process::id(), fastrand::u64(..)));
+    let ca = Authority::new(&dir.join("ca"), "CA-mesh").unwrap();
+    let cfg = |i: usize, mode: &str, addr: &str| {
+        let (c, k) = ca.leaf(&format!("node-{i}"), &["localhost", "127.0.0.1"]).unwrap();
+        format!(
+            "[node]\nid = \"node-{i}\"\n[[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n\
+             [[link]]\nname = \"fed\"\ntransport = \"federation-v2\"\nmode = \"{mode}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nreconnect_min_secs = 0.3\n",
+            ca.ca.display(),
+            c.display(),
+            k.display()
+        )
+    };
+    let center = gateway(&cfg(1, "listen", "127.0.0.1:0").replace("server_name = \"localhost\"\n", "").replace("reconnect_min_secs = 0.3\n", "")).await;
+    let at = center.local_addr("fed").unwrap().to_string();
+    let mut nodes = vec![center];
+    for i in 2..=6 {
+        nodes.push(gateway(&cfg(i, "connect", &at)).await);
+    }
+    async fn fed(g: &Gateway) -> usize {
+        g.router().stats().await.iter().filter(|s| s.transport.starts_with("federation")).count()
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fed(&nodes[0]).await < 5 {
+        assert!(std::time::Instant::now() < deadline, "node 1 has {} of 5 federates", fed(&nodes[0]).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = one_pytak_per_node(&nodes, &[6, 2, 2, 2, 2, 2], &dir).await;
+    assert_eq!(got[0], from(&[2, 3, 4, 5, 6]), "at node 1");
+    for (i, g) in got.iter().enumerate().skip(1) {
+        assert_eq!(g, &from(&[1]), "at node {}", i + 1);
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

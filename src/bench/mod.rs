@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod hist;
+pub mod spokes;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -20,7 +21,8 @@ use hist::Histogram;
 /// Options shared by the stream scenarios.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// HOST:PORT of the TAK server or gateway under test.
+    /// HOST:PORT of the TAK server or gateway under test (`bench clients`: several,
+    /// comma-separated, spread the clients across them).
     #[arg(long)]
     pub target: String,
     /// Connect with TLS, trusting this CA.
@@ -50,6 +52,18 @@ pub struct Target {
 }
 
 impl Target {
+    /// One dial per comma-separated target.
+    pub async fn dials(&self) -> Result<Vec<Dial>, String> {
+        let mut out = vec![];
+        for t in self.target.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            out.push(Target { target: t.to_owned(), ..self.clone() }.dial().await?);
+        }
+        if out.is_empty() {
+            return Err("--target: no HOST:PORT given".into());
+        }
+        Ok(out)
+    }
+
     pub async fn dial(&self) -> Result<Dial, String> {
         let addr = tokio::net::lookup_host(&self.target).await.map_err(|e| format!("{}: {e}", self.target))?.next().ok_or("target resolves to nothing")?;
         if !addr.ip().is_loopback() && !self.allow_remote {
@@ -170,7 +184,7 @@ impl Window {
 }
 
 pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
-    let dial = a.target.dial().await?;
+    let dials = a.target.dials().await?;
     let n = a.clients.max(1);
     let live = Arc::new(Live::default());
     let started = Instant::now();
@@ -182,7 +196,7 @@ pub async fn clients(a: ClientsArgs) -> Result<ClientsSummary, String> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let delay = Duration::from_secs_f64(a.ramp * i as f64 / n as f64);
-            tokio::spawn(bench_client(i, delay, dial.clone(), live.clone(), sent_in_window.clone(), w, a.rate, a.pad))
+            tokio::spawn(bench_client(i, delay, dials[i as usize % dials.len()].clone(), live.clone(), sent_in_window.clone(), w, a.rate, a.pad))
         })
         .collect();
     let mut last = (0, 0, Instant::now());
@@ -614,13 +628,24 @@ async fn local_nodes(transport: &str, hub: bool) -> Result<(Vec<crate::runtime::
 /// A takgate hub whose policy has the bench CA as one interconnected group (everything
 /// between its members).
 async fn bench_hub(ca: &crate::certs::Authority, dir: &std::path::Path) -> Result<crate::runtime::Gateway, String> {
+    let cfg = bench_hub_config(ca, dir, "127.0.0.1:0")?;
+    crate::runtime::start(&crate::config::Config::parse(&cfg).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())
+}
+
+/// The bench hub's configuration, listening on `address`.
+fn bench_hub_config(ca: &crate::certs::Authority, dir: &std::path::Path, address: &str) -> Result<String, String> {
     let (hc, hk) = ca.leaf("hub", &["localhost", "127.0.0.1"])?;
     let der = crate::link::tls::load_certs(&ca.ca).map_err(|e| e.to_string())?.remove(0);
     let policy = dir.join("bench-policy.json");
     let group = crate::hub::identity::ca_group_id(&der)?;
     std::fs::write(&policy, format!(r#"{{"name":"bench","graphData":{{"nodes":[{{"graphType":"GroupCell","id":"g","federation":{{"name":{},"interconnected":true}}}}]}}}}"#, serde_json::Value::String(group))).map_err(|e| e.to_string())?;
-    let cfg = format!("[node]\nid = \"bench-hub\"\n[log]\nlevel = \"warn\"\n[hub]\naddress = \"127.0.0.1:0\"\nv1_address = \"\"\nqueue_depth = 65536\nreplay_hours = 0\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n", ca.ca.display(), hc.display(), hk.display(), policy.display());
-    crate::runtime::start(&crate::config::Config::parse(&cfg).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())
+    Ok(format!(
+        "[node]\nid = \"bench-hub\"\n[log]\nlevel = \"warn\"\n[hub]\naddress = \"{address}\"\nv1_address = \"\"\nqueue_depth = 65536\nreplay_hours = 0\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npolicy = \"{}\"\n",
+        ca.ca.display(),
+        hc.display(),
+        hk.display(),
+        policy.display()
+    ))
 }
 
 /// `idle`: N connections that only hold still; the gateway's resident memory per connection.
