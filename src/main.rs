@@ -75,6 +75,9 @@ enum BenchCmd {
     Fanout(takgate::bench::FanoutArgs),
     /// Events per second across one federation link (v1 or v2) between two nodes.
     Federation(takgate::bench::FederationArgs),
+    /// takgate nodes sharing a RabbitMQ broker: events/s through it (--senders) or TAK
+    /// clients spread across the nodes, latency, and the queues left at the end.
+    Cluster(takgate::bench::cluster::ClusterArgs),
     /// N nodes federated through a takgate hub, or pair-wise with one of them, TAK clients on
     /// each at R Hz: delivery to every other client and latency (with --hub-process, the
     /// hub's memory per federate).
@@ -346,6 +349,10 @@ fn main() -> ExitCode {
                     BenchCmd::Federation(a) => {
                         let json = a.json;
                         bench::print(&bench::federation(a).await?, json);
+                    }
+                    BenchCmd::Cluster(a) => {
+                        let json = a.json;
+                        bench::print(&bench::cluster::cluster(a).await?, json);
                     }
                     BenchCmd::Spokes(a) => {
                         let json = a.json;

@@ -47,6 +47,8 @@ pub struct Control {
     pub drain: Duration,
     /// The Federation Hub, when `[hub]` is configured.
     pub hub: Option<Arc<crate::hub::Hub>>,
+    /// What the cluster links know of their clusters.
+    pub clusters: Arc<crate::transport::amqp::members::Clusters>,
 }
 
 impl Control {
@@ -77,7 +79,7 @@ impl Control {
         true
     }
     fn ctx(&self, cancel: CancellationToken) -> LinkCtx {
-        LinkCtx { router: self.router.clone(), cancel, tracker: self.tracker.clone(), drain: self.drain, queue_depth: self.cfg.router.queue_depth }
+        LinkCtx { router: self.router.clone(), cancel, tracker: self.tracker.clone(), drain: self.drain, queue_depth: self.cfg.router.queue_depth, clusters: self.clusters.clone() }
     }
 }
 
@@ -144,7 +146,7 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
         Some(h) => Some(crate::hub::start(h, &cfg.node.id, store.clone(), cancel.child_token(), &tracker).await?),
         None => None,
     };
-    let control = Arc::new(Control { router, store, missions, cfg: cfg.clone(), links: Mutex::default(), admin_addr: Mutex::default(), cancel, tracker, drain: Duration::from_secs_f64(cfg.router.drain_timeout_secs), hub });
+    let control = Arc::new(Control { router, store, missions, cfg: cfg.clone(), links: Mutex::default(), admin_addr: Mutex::default(), cancel, tracker, drain: Duration::from_secs_f64(cfg.router.drain_timeout_secs), hub, clusters: Arc::default() });
     let mut all: Vec<LinkConfig> = cfg.links.clone();
     all.extend(reconcile_servers(cfg, &control.missions).map_err(|e| StartError::new("store", e))?);
     for l in &all {

@@ -51,7 +51,8 @@ fn cluster_node(id: &str, exchange: &str) -> String {
 
 async fn cleanup_cluster(ch: &Channel, exchange: &str, nodes: &[&str]) {
     for n in nodes {
-        let _ = ch.queue_delete(format!("{exchange}.{n}").as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = ch.queue_delete(format!("{exchange}.q.{n}").as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = ch.exchange_delete(format!("{exchange}.node.{n}").as_str().into(), ExchangeDeleteOptions::default()).await;
     }
     let _ = ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
 }
@@ -200,7 +201,7 @@ async fn kill_9_of_a_cluster_node_mid_stream_loses_no_mission_change_and_applies
     let (_c, ch) = broker().await;
     let mut node = spawn_node(&cfg);
     // The node's durable queue exists once it is up.
-    let queue = format!("{exchange}.k2");
+    let queue = format!("{exchange}.q.k2");
     let mut declared = false;
     for _ in 0..100 {
         let (_c2, probe) = broker().await;

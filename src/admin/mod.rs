@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/federation/health"),
     ("get", "/api/links"),
     ("get", "/api/hub"),
+    ("get", "/api/cluster"),
     ("post", "/api/hub/reload"),
     ("get", "/api/missions"),
     ("get", "/api/missions/{name}/changes"),
@@ -72,6 +73,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/federation/health", get(federation_health))
         .route("/api/links", get(links))
         .route("/api/hub", get(hub))
+        .route("/api/cluster", get(cluster))
         .route("/api/hub/reload", post(hub_reload))
         .route("/api/missions", get(missions))
         .route("/api/missions/{name}/changes", get(mission_changes))
@@ -148,6 +150,11 @@ async fn links(State(st): St) -> Response {
 async fn hub(State(st): St) -> Response {
     let Some(h) = &st.control.hub else { return fail(StatusCode::CONFLICT, "hub mode is off (no [hub] section)") };
     reply(StatusCode::OK, json!({"success": true, "id": h.id, "address": h.address.to_string(), "max_hops": h.max_hops, "policy": *h.policy(), "policy_error": h.policy_error(), "federates": h.view(), "outgoing": h.outgoing_status(), "counters": h.counters.snapshot()}))
+}
+
+async fn cluster(State(st): St) -> Response {
+    let links: Vec<_> = st.control.clusters.all().iter().map(|d| json!({"link": d.link, "exchange": d.exchange, "node": d.node, "members": d.view()})).collect();
+    reply(StatusCode::OK, json!({"success": true, "clusters": links}))
 }
 
 async fn hub_reload(State(st): St) -> Response {
@@ -250,6 +257,7 @@ fn summary(method: &str, path: &str) -> &'static str {
         ("post", "/api/federation/servers/{id}/test") => "Staged connection test",
         ("get", "/api/federation/health") => "Federation summary",
         ("get", "/api/links") => "Every link: transport, remote, counters, queue depth, drops",
+        ("get", "/api/cluster") => "cluster links (RabbitMQ): the nodes each one knows, their state, links, clients and rates",
         ("get", "/api/hub") => "Federation Hub: the policy graph, each federate's state, groups, reach and counters",
         ("post", "/api/hub/reload") => "Federation Hub: read the policy file again (refused with the reason when it does not validate)",
         ("get", "/api/missions") => "Missions",

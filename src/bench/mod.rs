@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod hist;
+pub mod cluster;
 pub mod spokes;
 
 use std::net::SocketAddr;
@@ -403,16 +404,26 @@ async fn fanout_once(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, 
 
 /// Fanout, with the senders together held to `rate` events/s when given.
 async fn fanout_paced(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, duration: f64, rate: Option<f64>) -> (u64, u64) {
+    let (sent, delivered, _) = fanout_timed(dial, rx_dial, senders, receivers, duration, rate).await;
+    (sent, delivered)
+}
+
+/// `fanout_paced`, with the latency (µs) of what the receivers counted.
+async fn fanout_timed(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32, duration: f64, rate: Option<f64>) -> (u64, u64, Histogram) {
     let live = Arc::new(Live::default());
     let stop_at = Instant::now() + Duration::from_secs_f64(duration + 1.0);
     let measure_from = Instant::now() + Duration::from_secs(1);
     let counted = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::default()));
     let rx_tasks: Vec<_> = (0..receivers)
         .map(|_| {
-            let counted = counted.clone();
-            receiver(rx_dial.clone(), stop_at, move |_| {
+            let (counted, hist) = (counted.clone(), hist.clone());
+            receiver(rx_dial.clone(), stop_at, move |f| {
                 if Instant::now() >= measure_from {
                     counted.fetch_add(1, Relaxed);
+                    if let Seen::Bench(_, _, t) = classify(f) {
+                        crate::sync::lock(&hist).record(now_micros().saturating_sub(t));
+                    }
                 }
             })
         })
@@ -450,7 +461,8 @@ async fn fanout_paced(dial: &Dial, rx_dial: &Dial, senders: u32, receivers: u32,
     }
     futures_join(tx_tasks).await;
     futures_join(rx_tasks).await;
-    (live.sent.load(Relaxed), counted.load(Relaxed))
+    let h = crate::sync::lock(&hist).clone();
+    (live.sent.load(Relaxed), counted.load(Relaxed), h)
 }
 
 pub async fn fanout(a: FanoutArgs) -> Result<FanoutSummary, String> {

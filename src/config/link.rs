@@ -166,6 +166,33 @@ pub enum Overflow {
     Disconnect,
 }
 
+/// x-overflow of a cluster node's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueOverflow {
+    #[default]
+    DropHead,
+    RejectPublish,
+}
+
+impl QueueOverflow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueOverflow::DropHead => "drop-head",
+            QueueOverflow::RejectPublish => "reject-publish",
+        }
+    }
+}
+
+/// x-queue-type of a cluster node's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
 /// What an `amqp` link talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -379,6 +406,28 @@ section! {
         exchange: Option<String>,
         /// What this node subscribes to (default `["cot.#"]`).
         bind_keys: Vec<String>,
+        /// Events per AMQP message at most (default 256).
+        batch_events: Option<Count>,
+        /// How long the first event of a batch waits for more (default 0.002 s).
+        batch_wait_secs: Option<Secs>,
+        /// The node's queue is deleted by the broker after this long without a consumer
+        /// (x-expires; default 86400: a day). A node back within it gets what it missed.
+        queue_expiry_secs: Option<Secs>,
+        /// The node's queue holds at most this many messages (batches) (x-max-length;
+        /// default 100000) and this many bytes (x-max-length-bytes; default 1 GiB).
+        queue_max_messages: Option<Count>,
+        queue_max_bytes: Option<Count>,
+        /// What the broker does with a full queue (x-overflow): `drop-head` (default: the
+        /// oldest messages go, publishers never block) or `reject-publish` (publishers get
+        /// nacks: a stopped node's full queue then stops everyone's publishing).
+        queue_overflow: Option<QueueOverflow>,
+        /// `classic` (default) or `quorum` (replicated on a clustered broker; see README).
+        queue_type: Option<QueueType>,
+        /// Seconds between membership announcements (default 5).
+        announce_secs: Option<Secs>,
+        /// How long a node that connects listens for the others before it publishes
+        /// (default 0.5 s): their queues are bound to its exchange first.
+        join_wait_secs: Option<Secs>,
     }
 }
 

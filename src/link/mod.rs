@@ -64,6 +64,8 @@ pub struct LinkCtx {
     pub drain: Duration,
     /// Per-peer queue depth unless the link sets its own.
     pub queue_depth: usize,
+    /// Where cluster links keep what they know of their cluster (GET /api/cluster).
+    pub clusters: Arc<crate::transport::amqp::members::Clusters>,
 }
 
 /// A configured link once started: what the admin API and metrics show of it.
