@@ -99,7 +99,8 @@ impl Directory {
         }
         let last = Announce { me: k.clone(), hello: false, leaving: false, links: vec![], clients: 0, events_in_per_s: 0.0, events_out_per_s: 0.0, known: vec![] };
         // Never heard from itself: as old as can be, so it shows as away.
-        m.insert(k.node.clone(), Entry { last, seen: Instant::now() - self.announce_every * 3, seen_at: SystemTime::UNIX_EPOCH });
+        let now = Instant::now();
+        m.insert(k.node.clone(), Entry { last, seen: now.checked_sub(self.announce_every * 3).unwrap_or(now), seen_at: SystemTime::UNIX_EPOCH });
         true
     }
 
