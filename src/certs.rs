@@ -202,6 +202,19 @@ pub fn export_p12(cert: &Path, key: &Path, out: &Path, password: &str, legacy: b
     write(out, &data, true)
 }
 
+/// Writes the CA certificate(s) in `ca` as a PKCS#12 truststore (trusted certificates, no
+/// key) to `out`, protected by `password`, in the legacy algorithms every ATAK imports.
+pub fn export_truststore(ca: &Path, out: &Path, password: &str) -> Result<(), String> {
+    use p12_keystore::{Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm};
+    let certs = crate::link::tls::load_certs(ca).map_err(|e| e.to_string())?;
+    let mut ks = KeyStore::new();
+    for (i, c) in certs.iter().enumerate() {
+        ks.add_entry(&format!("ca{i}"), KeyStoreEntry::Certificate(Certificate::from_der(c).map_err(err)?));
+    }
+    let data = ks.writer(password).encryption_algorithm(EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc).mac_algorithm(MacAlgorithm::HmacSha1).write().map_err(err)?;
+    write(out, &data, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,7 @@ pub mod fuzz;
 pub mod hub;
 pub mod link;
 pub mod missions;
+pub mod package;
 pub mod router;
 pub mod runtime;
 pub mod session;

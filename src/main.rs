@@ -110,6 +110,31 @@ enum CertsCmd {
     Client(IssueArgs),
     /// A federation certificate (serverAuth and clientAuth) for the names federates dial.
     Federation(IssueArgs),
+    /// An ATAK/WinTAK/iTAK connection data package: a new client certificate for CN (unless
+    /// DIR has one), its .p12, the CA as truststore .p12, and the connection preferences, in
+    /// one zip the device imports (the CA's key is never in it).
+    Package {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cn: String,
+        /// The host the device dials.
+        #[arg(long)]
+        server: String,
+        /// takgate's TLS client port.
+        #[arg(long, default_value_t = 8089)]
+        port: u16,
+        /// Also a QUIC connection on this port (ATAK 5.5).
+        #[arg(long)]
+        quic: Option<u16>,
+        #[arg(long, default_value = "atakatak")]
+        p12_password: String,
+        #[arg(long, default_value_t = 730)]
+        days: u32,
+        /// Where to write the zip (default DIR/CN-SERVER.zip).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Revokes a certificate this CA issued: DIR/crl.pem is signed anew with every revoked
     /// certificate; point a link's `crl` at it (restart or re-add the link to reload).
     Revoke {
@@ -699,6 +724,17 @@ fn certs(cmd: CertsCmd) -> Result<(), String> {
             }
             let ca = Authority::create(&dir, &cn, days)?;
             println!("CA {cn:?}: {} and {} (keep the key private)", ca.ca.display(), dir.join("ca.key").display());
+            return Ok(());
+        }
+        CertsCmd::Package { dir, cn, server, port, quic, p12_password, days, out } => {
+            let ca = Authority::load(&dir)?;
+            let (cert, key) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
+            let (cert, key) = if cert.exists() && key.exists() { (cert, key) } else { ca.issue(Kind::Client, &cn, &[], days)? };
+            let c = takgate::package::Connection { cn: cn.clone(), server: server.clone(), port, quic_port: quic, password: p12_password };
+            let zip = takgate::package::build(&c, &cert, &key, &ca.ca)?;
+            let out = out.unwrap_or_else(|| dir.join(format!("{cn}-{server}.zip")));
+            std::fs::write(&out, zip).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("connection package for {cn:?} ({server}:{port}{}): {}", quic.map(|q| format!(", QUIC {q}")).unwrap_or_default(), out.display());
             return Ok(());
         }
         CertsCmd::Revoke { dir, cert, days } => {

@@ -86,3 +86,82 @@ async fn certificates_from_takgate_certs_work_for_tls_clients_and_federation() {
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `takgate certs package`: the zip ATAK imports. Its layout and preference keys are read
+/// back with Python's zipfile and ElementTree (the manifest lists exactly what the zip
+/// holds; `cot_streams` has the TLS and QUIC connections with per-stream truststore and
+/// client certificate, as ATAK reads them), the truststore opens with `cryptography` as a
+/// PKCS#12 holding the CA alone (no key), and pytak connects to takgate with the package's
+/// client .p12 and that truststore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_package_is_what_atak_imports_and_pytak_connects_with_it() {
+    let dir = std::env::temp_dir().join(format!("takgate-package-{}-{}", std::process::id(), fastrand::u64(..)));
+    let d = dir.display().to_string();
+    certs(&["ca", "--dir", &d, "--cn", "Field CA"]);
+    certs(&["server", "--dir", &d, "--cn", "localhost", "--san", "localhost,127.0.0.1"]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    let gw = gateway(&format!(
+        "[node]\nid = \"pkg\"\n[[link]]\nname = \"tls\"\ntransport = \"tls\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nrequire_client_cert = true\n\
+         [[link]]\nname = \"c\"\ntransport = \"tcp\"\nmode = \"listen\"\naddress = \"127.0.0.1:0\"\n",
+        p("localhost.pem"),
+        p("localhost.key"),
+        p("ca.pem")
+    ))
+    .await;
+    let port = gw.local_addr("tls").unwrap().port();
+    certs(&["package", "--dir", &d, "--cn", "bob", "--server", "127.0.0.1", "--port", &port.to_string(), "--quic", "8090", "--out", &p("bob.zip")]);
+    let out = dir.join("unpacked");
+    let script = r#"
+import json, sys, zipfile, xml.etree.ElementTree as ET
+from cryptography.hazmat.primitives.serialization import pkcs12, Encoding
+zpath, out = sys.argv[1], sys.argv[2]
+z = zipfile.ZipFile(zpath)
+names = z.namelist()
+man = ET.fromstring(z.read("MANIFEST/manifest.xml"))
+listed = [c.get("zipEntry") for c in man.iter("Content")]
+params = {p.get("name"): p.get("value") for p in man.iter("Parameter")}
+prefs = {}
+pref_file = [n for n in names if n.endswith(".pref")][0]
+for pref in ET.fromstring(z.read(pref_file)).iter("preference"):
+    prefs[pref.get("name")] = {e.get("key"): [e.get("class"), e.text] for e in pref.iter("entry")}
+z.extractall(out)
+trust = pkcs12.load_pkcs12(z.read("certs/truststore.p12"), b"atakatak")
+client = pkcs12.load_pkcs12(z.read("certs/bob.p12"), b"atakatak")
+open(out + "/ca.pem", "wb").write(b"".join(c.certificate.public_bytes(Encoding.PEM) for c in trust.additional_certs))
+print(json.dumps({"names": names, "listed": listed, "params": params, "prefs": prefs,
+    "trust_key": trust.key is not None, "trust_certs": len(trust.additional_certs),
+    "client_key": client.key is not None, "client_cn": client.cert.certificate.subject.rfc4514_string()}))
+"#;
+    let py = Command::new(common::py::python()).args(["-c", script, &p("bob.zip"), &out.display().to_string()]).output().unwrap();
+    assert!(py.status.success(), "python could not read the package: {}", String::from_utf8_lossy(&py.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    let mut names: Vec<String> = serde_json::from_value(v["names"].clone()).unwrap();
+    names.sort();
+    assert_eq!(names, ["MANIFEST/manifest.xml", "certs/bob.p12", "certs/server.pref", "certs/truststore.p12"]);
+    let mut listed: Vec<String> = serde_json::from_value(v["listed"].clone()).unwrap();
+    listed.sort();
+    assert_eq!(listed, names[1..], "the manifest lists every entry but itself");
+    assert!(v["params"]["uid"].as_str().is_some_and(|u| !u.is_empty()) && v["params"]["name"].is_string());
+    let streams = &v["prefs"]["cot_streams"];
+    let s = |k: &str| streams[k][1].as_str().unwrap_or_default().to_owned();
+    assert_eq!(streams["count"][0], "class java.lang.Integer");
+    assert_eq!((s("count"), s("connectString0"), s("enabled0")), ("2".into(), format!("127.0.0.1:{port}:ssl"), "true".into()));
+    assert_eq!(s("connectString1"), "127.0.0.1:8090:quic");
+    assert_eq!((s("caLocation0"), s("certificateLocation0"), s("caPassword0"), s("clientPassword0")), ("cert/truststore.p12".into(), "cert/bob.p12".into(), "atakatak".into(), "atakatak".into()));
+    let app = &v["prefs"]["com.atakmap.app_preferences"];
+    assert_eq!(app["caLocation"][1], "cert/truststore.p12");
+    assert_eq!(app["certificateLocation"][1], "cert/bob.p12");
+    assert_eq!((v["trust_key"].as_bool(), v["trust_certs"].as_u64()), (Some(false), Some(1)), "the truststore holds the CA alone, no key");
+    assert_eq!((v["client_key"].as_bool(), v["client_cn"].as_str()), (Some(true), Some("CN=bob")));
+    // pytak, with what the package holds.
+    let mut local = Client::tcp(gw.local_addr("c").unwrap()).await;
+    let url = format!("tls://127.0.0.1:{port}");
+    let cert = out.join("certs/bob.p12").display().to_string();
+    let ca = out.join("ca.pem").display().to_string();
+    let run = peer(args(&format!("--url {url} --cert {cert} --password atakatak --ca {ca} --uid BOB --callsign BOB --send 2 --interval 0.05 --listen 0.5")), 30.0).await;
+    assert_eq!(run.done.as_ref().map(|d| d["sent"].clone()), Some(serde_json::json!(2)), "pytak with the package's certificates: {}", run.stderr);
+    let got: Vec<_> = local.drain(Duration::from_millis(500)).await.iter().filter(|e| e.uid == "BOB").filter_map(seq_of).collect();
+    assert_eq!(got, [1, 2]);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -228,7 +228,7 @@ impl FederatedChannel for Svc {
             let me = s.member(&p);
             for (o, m) in hub.members(&p).iter() {
                 if o.serial != s.serial && p.reaches_at_all(&me, m) {
-                    hub.push_groups(&o);
+                    hub.push_groups(o);
                 }
             }
         });
