@@ -244,13 +244,24 @@ impl AsyncWrite for QuicIo {
 }
 
 /// Waits for the server's verdict on our certificate. In TLS 1.3 a client's handshake is
-/// complete before the server has checked the client's certificate; a server that refuses
-/// it closes the connection within a round trip or so, with the reason as a TLS alert.
-pub async fn confirmed(conn: &quinn::Connection) -> Result<(), String> {
-    let wait = (conn.rtt() * 4).clamp(Duration::from_millis(150), Duration::from_secs(2));
-    tokio::select! {
-        e = conn.closed() => Err(explain(&e, false)),
-        _ = tokio::time::sleep(wait) => Ok(()),
+/// complete before the server has checked the client's certificate (and before the server
+/// has our Finished at all, which a lossy link may keep from it for long): the server
+/// confirms its own completion with a HANDSHAKE_DONE frame (RFC 9001 4.1.2), and one that
+/// refuses the certificate closes the connection with the reason as a TLS alert. Until
+/// `within` has passed.
+pub async fn confirmed(conn: &quinn::Connection, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            e = conn.closed() => return Err(explain(&e, false)),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the server did not confirm the handshake (HANDSHAKE_DONE) within {:?}", within));
+        }
     }
 }
 
@@ -291,7 +302,10 @@ impl QuicDialer {
             conn.close(quinn::VarInt::from_u32(0), b"no takstream");
             return Err(format!("{addr} did not agree on ALPN \"takstream\": not a TAK QUIC stream input"));
         }
-        confirmed(&conn).await.map_err(|e| format!("QUIC handshake with {addr} failed: {e}"))?;
+        if let Err(e) = confirmed(&conn, self.handshake_timeout).await {
+            conn.close(quinn::VarInt::from_u32(0), b"handshake not confirmed");
+            return Err(format!("QUIC handshake with {addr} failed: {e}"));
+        }
         let (send, recv) = match tokio::time::timeout(self.handshake_timeout, conn.open_bi()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(format!("QUIC stream to {addr}: {e}")),

@@ -103,7 +103,7 @@ async fn handshake(config: quinn::ClientConfig, addr: std::net::SocketAddr, host
     let connecting = endpoint.connect_with(config, addr, host).map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => {
-            confirmed(&c).await?;
+            confirmed(&c, timeout).await?;
             let rtt = c.rtt().as_secs_f64() * 1000.0;
             Ok((c, format!("QUIC v1, TLS 1.3, our certificate accepted, rtt {rtt:.1} ms")))
         }
