@@ -43,6 +43,7 @@
 //!   TAK's ROL ([`missions::rol`]), announced as `t-x-m-c` ([`missions::announce`]).
 //! * [`store`]: SQLite: federation servers, missions, changes, the outbound queue.
 //! * [`runtime`]: starts the store, missions, router and every link; clean shutdown.
+//! * [`marti`]: the Marti file API local clients use (data packages, mission content).
 //! * [`admin`]: the HTTP admin API, dashboard and metrics, composed by the binary on top of
 //!   a running gateway.
 //!
@@ -62,6 +63,7 @@ pub mod federation;
 pub mod fuzz;
 pub mod hub;
 pub mod link;
+pub mod marti;
 pub mod missions;
 pub mod package;
 pub mod router;

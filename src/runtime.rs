@@ -42,6 +42,8 @@ pub struct Control {
     links: Mutex<Vec<(LinkStatus, CancellationToken)>>,
     /// Where the admin API listens, when it does.
     pub admin_addr: Mutex<Option<SocketAddr>>,
+    /// Where the Marti file API listens, when it does.
+    pub marti_addr: Option<SocketAddr>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     pub drain: Duration,
@@ -114,6 +116,11 @@ impl Gateway {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         *lock(&self.inner.admin_addr)
     }
+
+    /// Where the Marti file API listens, when `[marti]` is configured.
+    pub fn marti_addr(&self) -> Option<SocketAddr> {
+        self.inner.marti_addr
+    }
     /// Stops every link and waits (bounded by the drain deadline plus a margin).
     pub async fn shutdown(self) {
         let c = &self.inner;
@@ -141,12 +148,17 @@ pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let router = crate::router::spawn(&cfg.node.id, Duration::from_secs_f64(cfg.router.dedup_window_secs), &cancel, &tracker);
-    let missions = Missions::start(store.clone(), router.clone(), Duration::from_secs_f64(cfg.missions.replay_hours * 3600.0), cfg.missions.allow_federated_delete, cancel.clone(), &tracker).await;
+    let files_dir = crate::missions::FileStore::dir_for(cfg.store.path.as_deref(), &cfg.node.id);
+    let missions = Missions::start(store.clone(), router.clone(), &cfg.missions, files_dir, cancel.clone(), &tracker).await;
     let hub = match &cfg.hub {
         Some(h) => Some(crate::hub::start(h, &cfg.node.id, store.clone(), cancel.child_token(), &tracker).await?),
         None => None,
     };
-    let control = Arc::new(Control { router, store, missions, cfg: cfg.clone(), links: Mutex::default(), admin_addr: Mutex::default(), cancel, tracker, drain: Duration::from_secs_f64(cfg.router.drain_timeout_secs), hub, clusters: Arc::default() });
+    let marti_addr = match &cfg.marti {
+        Some(m) => Some(crate::marti::spawn(m, missions.clone(), &cfg.node.id, cancel.clone(), &tracker)?),
+        None => None,
+    };
+    let control = Arc::new(Control { router, store, missions, cfg: cfg.clone(), links: Mutex::default(), admin_addr: Mutex::default(), marti_addr, cancel, tracker, drain: Duration::from_secs_f64(cfg.router.drain_timeout_secs), hub, clusters: Arc::default() });
     let mut all: Vec<LinkConfig> = cfg.links.clone();
     all.extend(reconcile_servers(cfg, &control.missions).map_err(|e| StartError::new("store", e))?);
     for l in &all {

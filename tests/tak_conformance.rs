@@ -138,20 +138,26 @@ async fn a_completed_or_replaying_rol_stream_does_not_end_the_session() {
         let e = ends("takconf2");
         let tak = tak_server(&e, Options { rol: mode, ..Default::default() }).await;
         tak.queue_replay(tak::create_mission("replayed", "TAK-API"));
-        tak.queue_replay(tak::update_mission("ADD_CONTENT", "replayed", &[], &["aa11"], Some(CotTime::now().0)));
+        let (file, aa11) = tak::create_resource(b"file one", "one.txt");
+        tak.queue_replay(file);
+        tak.queue_replay(tak::update_mission("ADD_CONTENT", "replayed", &[], &[&aa11], Some(CotTime::now().0)));
         let gw = gateway(&node(&e, tak.addr, "", "")).await;
-        let applied = eventually(12.0, || gw.store().has_hash("replayed", "aa11").unwrap_or(false)).await;
+        let applied = eventually(12.0, || gw.store().has_hash("replayed", &aa11).unwrap_or(false)).await;
         assert!(applied, "{mode:?}: the replay applied: {:?}", gw.store().all_changes());
         if mode == RolMode::Hub {
             // reopened after the hub completed it; the next replay holds only what is new
-            tak.queue_replay(tak::update_mission("ADD_CONTENT", "replayed", &[], &["bb22"], Some(CotTime::now().0)));
+            let (file, bb22) = tak::create_resource(b"file two", "two.txt");
+            tak.queue_replay(file);
+            tak.queue_replay(tak::update_mission("ADD_CONTENT", "replayed", &[], &[&bb22], Some(CotTime::now().0)));
             assert!(eventually(10.0, || tak.state().rol_opens >= 2).await, "ClientROLStream reopened");
-            assert!(eventually(10.0, || gw.store().has_hash("replayed", "bb22").unwrap_or(false)).await, "the second replay applied");
+            assert!(eventually(10.0, || gw.store().has_hash("replayed", &bb22).unwrap_or(false)).await, "the second replay applied");
             assert!(tak.state().rol_completed >= 1);
         } else {
             // live ROL on the stream the replay left open
-            tak.send_rol(tak::update_mission("ADD_CONTENT", "replayed", &[], &["cc33"], Some(CotTime::now().0)));
-            assert!(eventually(5.0, || gw.store().has_hash("replayed", "cc33").unwrap_or(false)).await, "live ROL after the replay");
+            let (file, cc33) = tak::create_resource(b"file three", "three.txt");
+            tak.send_rol(file);
+            tak.send_rol(tak::update_mission("ADD_CONTENT", "replayed", &[], &[&cc33], Some(CotTime::now().0)));
+            assert!(eventually(5.0, || gw.store().has_hash("replayed", &cc33).unwrap_or(false)).await, "live ROL after the replay");
             assert_eq!(tak.state().rol_opens, 1);
         }
         let st = tak.state();
@@ -302,9 +308,14 @@ async fn multi_item_and_dateless_changes_from_tak_all_apply() {
     let tak = tak_server(&e, Options::default()).await;
     let gw = gateway(&node(&e, tak.addr, "", "[missions]\nallow_federated_delete = true")).await;
     assert!(eventually(10.0, || tak.state().count("ClientROLStream") >= 1).await, "ClientROLStream");
-    tak.send_rol(tak::update_mission("ADD_CONTENT", "multi", &["U1", "U2", "U3"], &["h1", "h2"], None));
-    let all = eventually(5.0, || ["U1", "U2", "U3"].iter().all(|u| gw.store().has_item("multi", u).unwrap()) && ["h1", "h2"].iter().all(|h| gw.store().has_hash("multi", h).unwrap())).await;
+    let (f1, h1) = tak::create_resource(b"first", "h1.txt");
+    let (f2, h2) = tak::create_resource(b"second", "h2.txt");
+    tak.send_rol(f1);
+    tak.send_rol(f2);
+    tak.send_rol(tak::update_mission("ADD_CONTENT", "multi", &["U1", "U2", "U3"], &[&h1, &h2, &"ee".repeat(32)], None));
+    let all = eventually(5.0, || ["U1", "U2", "U3"].iter().all(|u| gw.store().has_item("multi", u).unwrap()) && [&h1, &h2].iter().all(|h| gw.store().has_hash("multi", h).unwrap())).await;
     assert!(all, "every uid and hash: {:?}", gw.store().changes("multi"));
+    assert!(!gw.store().has_hash("multi", &"ee".repeat(32)).unwrap(), "as TAK: a hash whose file never came is not added");
     // add, remove, add, remove, add: all without a date
     for (k, change) in ["ADD_CONTENT", "REMOVE_CONTENT", "ADD_CONTENT", "REMOVE_CONTENT", "ADD_CONTENT"].iter().enumerate() {
         tak.send_rol(tak::update_mission(change, "dateless", &["D1"], &[], None));

@@ -30,6 +30,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Federation Hub mode; absent: off.
     pub hub: Option<HubConfig>,
+    /// The Marti file API for local clients (HTTPS); absent: not served.
+    pub marti: Option<MartiConfig>,
     pub links: Vec<LinkConfig>,
 }
 
@@ -51,6 +53,7 @@ struct RawConfig {
     /// The admin API and dashboard; absent: not served.
     pub admin: Option<AdminConfig>,
     pub hub: Option<HubConfig>,
+    pub marti: Option<MartiConfig>,
     #[serde(default, rename = "link")]
     pub links: Vec<toml::Table>,
 }
@@ -77,6 +80,31 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None, cert: None, key: None, ca: None }
     }
+}
+
+/// The part of TAK Server's Marti API that ATAK, WinTAK and iTAK use for files: mission
+/// content and data packages (upload, query, download) and mission content listings, on
+/// HTTPS with client certificates, as TAK's port 8443.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MartiConfig {
+    /// Listen address (TAK: 8443).
+    #[serde(default = "marti_address")]
+    pub address: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients' certificates must chain to this CA (as on TLS links).
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// How clients reach this listener, e.g. `https://gw.example:8443`: the download URL of
+    /// data packages announced by federates. Default: this machine's host name and the port.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn marti_address() -> String {
+    "0.0.0.0:8443".into()
 }
 
 /// takgate as a TAK Federation Hub: TAK Servers (and takgates) federate through it over v2,
@@ -171,11 +199,17 @@ pub struct MissionsConfig {
     /// Apply DELETE_MISSION and REMOVE_CONTENT received from federates (TAK Server's
     /// allowFederatedDelete, default false).
     pub allow_federated_delete: bool,
+    /// The largest file (mission content, data package) kept and sent with its bytes
+    /// (TAK's maxMessageSizeBytes: 256 MiB).
+    pub max_file_bytes: u64,
+    /// In a replay window, files up to this size go with their bytes; larger ones as
+    /// metadata only (default 64 MiB).
+    pub replay_max_file_bytes: u64,
 }
 
 impl Default for MissionsConfig {
     fn default() -> Self {
-        MissionsConfig { replay_hours: 12.0, allow_federated_delete: false }
+        MissionsConfig { replay_hours: 12.0, allow_federated_delete: false, max_file_bytes: crate::missions::files::DEFAULT_MAX_FILE_BYTES, replay_max_file_bytes: 64 << 20 }
     }
 }
 
@@ -237,7 +271,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         let links = raw.links.into_iter().enumerate().map(|(i, t)| LinkConfig::from_table(i, t)).collect::<Result<Vec<_>, _>>()?;
-        let cfg = Config { node: raw.node, router: raw.router, log: raw.log, store: raw.store, missions: raw.missions, admin: raw.admin, hub: raw.hub, links };
+        let cfg = Config { node: raw.node, router: raw.router, log: raw.log, store: raw.store, missions: raw.missions, admin: raw.admin, hub: raw.hub, marti: raw.marti, links };
         cfg.validate()?;
         Ok(cfg)
     }

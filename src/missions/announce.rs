@@ -3,7 +3,7 @@
 //! federate's change is applied (written as TAK Server and OTS write them).
 
 use crate::cot::{fragment, CotEvent, CotTime};
-use crate::store::{Change, ChangeType, MissionMeta};
+use crate::store::{Change, ChangeType, FileMeta, MissionMeta};
 
 /// The changes a `t-x-m-c` announcement carries.
 pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
@@ -43,6 +43,12 @@ fn xml_hash(body: &str) -> String {
 
 /// The `t-x-m-c` event that announces `c` to local clients (as TAK Server and OTS write it).
 pub fn announcement(c: &Change) -> CotEvent {
+    announcement_of(c, None)
+}
+
+/// [`announcement`] of a change that adds or removes `file`: its `contentResource` as TAK
+/// writes it (what Data Sync shows and downloads by hash).
+pub fn announcement_of(c: &Change, file: Option<&FileMeta>) -> CotEvent {
     let now = CotTime::now();
     let mut ev = CotEvent::new(format!("takgate-mc-{}-{}", c.id, now.0), "t-x-m-c", "h-g-i-g-o", now, 20);
     ev.point.ce = 9_999_999.0;
@@ -67,6 +73,23 @@ pub fn announcement(c: &Change) -> CotEvent {
     d.extend_from_slice(b"\" authorUid=\"");
     esc(&c.creator_uid, &mut d);
     d.extend_from_slice(b"\"><MissionChanges><MissionChange>");
+    if !c.content_hash.is_empty() {
+        d.extend_from_slice(b"<contentResource>");
+        let f = file.cloned().unwrap_or_else(|| FileMeta { hash: c.content_hash.clone(), ..Default::default() });
+        let mut submitted = Vec::new();
+        CotTime(f.submitted_ms).write_to(&mut submitted);
+        let size = f.size.to_string();
+        let submitted = String::from_utf8_lossy(&submitted).into_owned();
+        for (tag, val) in [("creatorUid", f.creator_uid.as_str()), ("expiration", "-1"), ("filename", f.name.as_str()), ("hash", f.hash.as_str()), ("mimeType", f.mime.as_str()), ("name", f.name.as_str()), ("size", size.as_str()), ("submissionTime", submitted.as_str()), ("submitter", f.submitter.as_str()), ("tool", f.tool.as_str()), ("uid", f.uid.as_str())] {
+            if val.is_empty() || (tag == "submissionTime" && f.submitted_ms == 0) {
+                continue;
+            }
+            d.extend_from_slice(format!("<{tag}>").as_bytes());
+            esc(val, &mut d);
+            d.extend_from_slice(format!("</{tag}>").as_bytes());
+        }
+        d.extend_from_slice(b"</contentResource>");
+    }
     for (tag, val) in [("contentUid", c.content_uid.as_str()), ("creatorUid", c.creator_uid.as_str()), ("isFederatedChange", if c.is_federated { "true" } else { "false" }), ("missionName", c.mission.as_str())] {
         if val.is_empty() {
             continue;
@@ -114,7 +137,13 @@ mod tests {
         let ev = announcement(&c);
         assert_eq!(ev.cot_type, "t-x-m-c");
         let back = parse_announcement(&crate::cot::xml::decode(&crate::cot::xml::encode(&ev)).unwrap());
-        assert_eq!(back, vec![Change { id: 0, ..c }]);
+        assert_eq!(back, vec![Change { id: 0, ..c.clone() }]);
+        let file = FileMeta { hash: "ab".repeat(32), name: "map.kmz".into(), size: 9, submitted_ms: 1_700_000_000_000, ..Default::default() };
+        let f = Change { content_uid: String::new(), content_hash: file.hash.clone(), ..c };
+        let ev = announcement_of(&f, Some(&file));
+        assert!(ev.detail.xml.contains("<contentResource><expiration>-1</expiration><filename>map.kmz</filename>"), "{}", ev.detail.xml);
+        let back = parse_announcement(&crate::cot::xml::decode(&crate::cot::xml::encode(&ev)).unwrap());
+        assert_eq!((back[0].content_hash.as_str(), back[0].content_uid.as_str()), (file.hash.as_str(), ""));
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! (TAK sends REMOVE_CONTENT so) is recognised when it comes again.
 
 pub mod announce;
+mod content;
+pub mod files;
 pub mod rol;
 
 use std::sync::Arc;
@@ -28,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use announce::{announcement, parse_announcement};
+pub use content::{package_of, LocalContentError};
+pub use files::{FileError, FileStore};
 pub use rol::{parse_rol, to_rol, COT_PAYLOAD};
 
 use crate::cot::{fragment, CotEvent};
@@ -41,6 +45,9 @@ use crate::sync::lock;
 /// A queued change handed to a federate session, with what to do once it is written.
 pub struct OutRol {
     pub change: Change,
+    /// The file an ADD_CONTENT of a hash adds, sent as `create resource` just before it
+    /// (its bytes: None when over the size limit, as TAK sends such files).
+    pub resource: Option<(crate::store::FileMeta, Option<Vec<u8>>)>,
     pub written: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -108,6 +115,13 @@ pub struct Missions {
     /// Apply DELETE_MISSION and REMOVE_CONTENT from federates (TAK: allowFederatedDelete).
     pub allow_federated_delete: bool,
     pub counters: Arc<LinkCounters>,
+    /// Mission content and data packages by hash.
+    pub files: Arc<FileStore>,
+    /// Files larger than this go without their bytes in a replay window.
+    pub replay_max_file_bytes: u64,
+    /// The public base URL of our Marti API (`https://host:port/Marti`), where local
+    /// clients download files; None: no Marti listener.
+    pub marti_url: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Missions {
@@ -125,13 +139,28 @@ pub enum Applied {
     Duplicate,
     /// Understood but not applied (the reason).
     Ignored(String),
+    /// A file stored (`create resource`), or a data package announced to local contacts.
+    File(crate::store::FileMeta),
 }
 
 impl Missions {
-    /// Starts the mission service: taps the router's mission traffic.
-    pub async fn start(store: Arc<Store>, router: RouterHandle, replay_window: Duration, allow_federated_delete: bool, cancel: CancellationToken, tracker: &TaskTracker) -> Arc<Missions> {
+    /// Starts the mission service: taps the router's mission traffic. Files are kept in
+    /// `files_dir`.
+    pub async fn start(store: Arc<Store>, router: RouterHandle, cfg: &crate::config::MissionsConfig, files_dir: std::path::PathBuf, cancel: CancellationToken, tracker: &TaskTracker) -> Arc<Missions> {
         let id = router.next_id();
-        let m = Arc::new(Missions { store, router: router.clone(), id, notify: Notify::new(), replay_window, allow_federated_delete, counters: Arc::default() });
+        let files = Arc::new(FileStore::new(files_dir, cfg.max_file_bytes, store.clone()));
+        let m = Arc::new(Missions {
+            store,
+            router: router.clone(),
+            id,
+            notify: Notify::new(),
+            replay_window: Duration::from_secs_f64(cfg.replay_hours * 3600.0),
+            allow_federated_delete: cfg.allow_federated_delete,
+            counters: Arc::default(),
+            files,
+            replay_max_file_bytes: cfg.replay_max_file_bytes,
+            marti_url: std::sync::Mutex::new(None),
+        });
         let (tx, mut rx) = mpsc::channel::<Arc<Message>>(65_536);
         router.set_mission_tap(tx, id).await;
         let me = m.clone();
@@ -250,6 +279,11 @@ impl Missions {
     /// federated change, never sent back out), applied, and announced to local links as
     /// `t-x-m-c` with `groups` (the local groups the federate's `federateGroups` map to).
     pub async fn apply_rol(&self, federate: &str, rol: &Rol, groups: &[String]) -> Vec<Applied> {
+        match rol::statement(rol) {
+            Some(("create", "resource")) => return vec![self.apply_resource(federate, rol).await],
+            Some(("announce", "package")) => return vec![self.apply_package(federate, rol, groups).await],
+            _ => {}
+        }
         let changes = match parse_rol(rol) {
             Ok(c) if c.is_empty() => return vec![Applied::Ignored(format!("{} not handled", rol.program.lines().next().unwrap_or("")))],
             Ok(c) => c,
@@ -274,6 +308,9 @@ impl Missions {
             tracing::info!(%federate, mission = %c.mission, change = %c.change_type, "federated delete not applied (missions.allow_federated_delete = false)");
             return Applied::Ignored("federated deletes are not allowed".into());
         }
+        if let Some(why) = self.file_missing(&c) {
+            return Applied::Ignored(why);
+        }
         let recorded = self.effective(&c).and_then(|yes| if yes { self.store.record_change(&c) } else { Ok(None) });
         match recorded {
             Ok(None) => Applied::Duplicate,
@@ -295,8 +332,9 @@ impl Missions {
 
     /// Routes a `t-x-m-c` announcement of a federated change `c` to local links (and the
     /// RabbitMQ bridge), in the groups the federate gave it; never back to federates.
-    async fn announce(&self, c: &Change) {
-        let mut m = Message::new(announcement(c), self.id);
+    pub(crate) async fn announce(&self, c: &Change) {
+        let file = if c.content_hash.is_empty() { None } else { self.files.meta(&c.content_hash).ok().flatten() };
+        let mut m = Message::new(announce::announcement_of(c, file.as_ref()), self.id);
         m.from_federate = true;
         m.fed = Some(Box::new(FedMeta { provenance: vec![], hops: 0, max_hops: -1, groups: c.groups.clone() }));
         if self.router.route(Arc::new(m)).await {
@@ -376,7 +414,8 @@ impl Missions {
                     // The item's latest CoT goes with it (TAK adds a uid only if it has its CoT).
                     change.cot_xml = store.item_cot(&change.mission, &change.content_uid).ok().flatten().unwrap_or_default();
                 }
-                let out = OutRol { change, written: Some(Box::new(move || r.written(qid))) };
+                let resource = self.resource_for(&change, p.replay).await;
+                let out = OutRol { change, resource, written: Some(Box::new(move || r.written(qid))) };
                 tokio::select! {
                     r = tx.send(out) => if r.is_err() { break 'session },
                     _ = stop.cancelled() => break 'session,

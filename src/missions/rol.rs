@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::cot::CotTime;
 use crate::federation::fig::{BinaryBlob, BinaryTypes, Rol};
-use crate::store::{Change, ChangeType, MissionMeta};
+use crate::store::{Change, ChangeType, FileMeta, MissionMeta};
 
 /// Description TAK Server gives the CoT payload of an ADD_CONTENT ROL.
 pub const COT_PAYLOAD: &str = "tak.server.cot.CotEventContainer";
@@ -139,6 +139,112 @@ pub fn parse_rol(rol: &Rol) -> Result<Vec<Change>, String> {
     Ok(changes)
 }
 
+/// The `<operation> <resource>` of a ROL program (lowercase as TAK writes them).
+pub fn statement(rol: &Rol) -> Option<(&str, &str)> {
+    let p = rol.program.trim_start();
+    let head = &p[..p.find(['\n', '{']).unwrap_or(p.len())];
+    let mut w = head.split_whitespace();
+    match (w.next(), w.next(), w.next()) {
+        (Some(op), Some(res), None) => Some((op, res)),
+        _ => None,
+    }
+}
+
+/// The JSON parameters of a one-statement program.
+fn parameters(rol: &Rol) -> Result<Value, String> {
+    let p = rol.program.trim();
+    let i = p.find('{').ok_or_else(|| format!("no parameters in {:?}", truncate(p)))?;
+    let body = p[i..].strip_suffix(';').unwrap_or(&p[i..]).trim();
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("parameters: {e}"))?;
+    if v.is_object() { Ok(v) } else { Err("parameters are not an object".into()) }
+}
+
+/// TAK's `submissionTime` ("yyyy-MM-dd'T'HH:mm:ss.S'Z'": milliseconds unpadded).
+fn submission_time(ms: i64) -> String {
+    let t = CotTime(ms).to_string();
+    format!("{}.{}Z", t.get(..19).unwrap_or("1970-01-01T00:00:00"), ms.rem_euclid(1000))
+}
+
+/// `create resource` as TAK's `MissionActionROLConverter.getInsertResourceROL` writes it:
+/// the Resource JSON (only the properties TAK's model has, nulls left out) and, when the
+/// bytes go along, `payload[0]` with only `data` set.
+pub fn resource_rol(f: &FileMeta, bytes: Option<Vec<u8>>) -> Rol {
+    let name = if f.name.is_empty() { f.hash.as_str() } else { f.name.as_str() };
+    let p = json!({
+        "filename": name,
+        "keywords": f.keywords,
+        "mimeType": if f.mime.is_empty() { "application/octet-stream" } else { f.mime.as_str() },
+        "name": name,
+        "submissionTime": submission_time(f.submitted_ms),
+        "submitter": f.submitter,
+        "uid": if f.uid.is_empty() { f.hash.as_str() } else { f.uid.as_str() },
+        "hash": f.hash,
+        "size": f.size,
+        "creatorUid": f.creator_uid,
+        "tool": if f.tool.is_empty() { "public" } else { f.tool.as_str() },
+    });
+    let payload = bytes.map(|data| vec![BinaryBlob { data, ..Default::default() }]).unwrap_or_default();
+    Rol { program: format!("create resource\n{p};"), payload, ..Default::default() }
+}
+
+/// A `create resource` read back: the file's metadata (hash as the sender claims it) and
+/// its bytes (None: sent without content, as TAK does for files over its limit).
+pub fn parse_resource(rol: &Rol) -> Result<(FileMeta, Option<&[u8]>), String> {
+    let v = parameters(rol)?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = Some(s("filename")).filter(|n| !n.is_empty()).unwrap_or_else(|| s("name"));
+    let keywords = v.get("keywords").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default();
+    let mime = Some(s("mimeType")).filter(|m| !m.is_empty()).unwrap_or_else(|| s("contentType"));
+    let meta = FileMeta { hash: s("hash"), name, mime, size: v.get("size").and_then(Value::as_i64).unwrap_or(0), submitter: s("submitter"), creator_uid: s("creatorUid"), uid: s("uid"), keywords, tool: s("tool"), submitted_ms: date(v.get("submissionTime")), origin: String::new() };
+    Ok((meta, rol.payload.first().map(|b| b.data.as_slice()).filter(|d| !d.is_empty())))
+}
+
+/// A data package sent to contacts (TAK's `announce package`, from a `b-f-t-r`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Package {
+    pub sha256: String,
+    pub name: String,
+    pub filename: String,
+    pub size: i64,
+    pub sender_callsign: String,
+    pub ts_stored_ms: i64,
+    /// The explicit destinations (`marti/dest`).
+    pub callsigns: Vec<String>,
+    pub uids: Vec<String>,
+}
+
+/// `announce package` as `GroupFederationUtil.generatePackageAnnounceROL` writes it: the
+/// destinations as a JSON string in `senderUid`, `senderUrl` empty.
+pub fn package_rol(p: &Package) -> Rol {
+    let dest = json!({"callsigns": p.callsigns, "uids": p.uids}).to_string();
+    let v = json!({
+        "type": "ResourceDetails",
+        "sha256": p.sha256,
+        "senderUid": dest,
+        "name": p.name,
+        "filename": p.filename,
+        "senderUrl": "",
+        "tsStored": p.ts_stored_ms,
+        "sizeInBytes": p.size,
+        "senderCallsign": p.sender_callsign,
+    });
+    Rol { program: format!("announce package\n{v};"), ..Default::default() }
+}
+
+pub fn parse_package(rol: &Rol) -> Result<Package, String> {
+    let v = parameters(rol)?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let sha256 = normalize(&s("sha256")).ok_or_else(|| format!("announce package: sha256 {:?} is not a SHA-256", s("sha256")))?;
+    let dest: Value = serde_json::from_str(&s("senderUid")).unwrap_or(Value::Null);
+    let list = |k: &str| dest.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default();
+    let size = v.get("sizeInBytes").and_then(Value::as_i64).unwrap_or(0);
+    Ok(Package { sha256, name: s("name"), filename: s("filename"), size, sender_callsign: s("senderCallsign"), ts_stored_ms: date(v.get("tsStored")), callsigns: list("callsigns"), uids: list("uids") })
+}
+
+fn normalize(h: &str) -> Option<String> {
+    super::files::normalize_hash(h)
+}
+
 /// TAK's date: epoch milliseconds, or a CoT-style time string; 0 when absent or unreadable.
 fn date(v: Option<&Value>) -> i64 {
     match v {
@@ -199,6 +305,24 @@ mod tests {
 {"content":{"uids":["a","b"],"hashes":["h1"]},"changeType":"ADD_CONTENT","missionName":"m","creatorUid":"c"};"#.into(), ..Default::default() };
         let c = parse_rol(&rol).unwrap();
         assert_eq!(c.iter().map(|c| (c.content_uid.as_str(), c.content_hash.as_str(), c.ts_ms)).collect::<Vec<_>>(), [("a", "", 0), ("b", "", 0), ("", "h1", 0)]);
+    }
+
+    #[test]
+    fn resources_and_packages_round_trip() {
+        let f = FileMeta { hash: "ab".repeat(32), name: "map.kmz".into(), mime: "application/vnd.google-earth.kmz".into(), size: 3, submitter: "alice".into(), creator_uid: "ANDROID-1".into(), keywords: vec!["missionpackage".into()], submitted_ms: 1_712_318_400_005, ..Default::default() };
+        let rol = resource_rol(&f, Some(b"abc".to_vec()));
+        assert!(rol.program.starts_with("create resource\n{") && rol.program.ends_with("};"), "{}", rol.program);
+        assert_eq!(statement(&rol), Some(("create", "resource")));
+        assert!(rol.program.contains("\"submissionTime\":\"2024-04-05T12:00:00.5Z\""), "{}", rol.program);
+        assert_eq!((rol.payload[0].r#type, rol.payload[0].description.as_str()), (0, ""), "only data set");
+        let (back, bytes) = parse_resource(&rol).unwrap();
+        assert_eq!((back.hash, back.name, back.mime, back.size, back.keywords, bytes), (f.hash.clone(), f.name.clone(), f.mime.clone(), 3, f.keywords.clone(), Some(b"abc".as_slice())));
+        assert_eq!(parse_resource(&resource_rol(&f, None)).unwrap().1, None);
+        let p = Package { sha256: "cd".repeat(32), name: "pkg.zip".into(), filename: "pkg.zip".into(), size: 2048, sender_callsign: "ALPHA".into(), ts_stored_ms: 7, callsigns: vec!["BRAVO".into()], uids: vec![] };
+        let rol = package_rol(&p);
+        assert!(rol.program.contains(r#""senderUid":"{\"callsigns\":[\"BRAVO\"],\"uids\":[]}""#), "{}", rol.program);
+        assert_eq!(parse_package(&rol).unwrap(), p);
+        assert!(parse_package(&Rol { program: "announce package\n{\"sha256\":\"../x\"};".into(), ..Default::default() }).is_err());
     }
 
     #[test]

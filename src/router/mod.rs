@@ -10,6 +10,6 @@ pub mod policy;
 
 pub use self::core::spawn;
 pub use handle::{RouterCounters, RouterHandle};
-pub use message::{FedMeta, LinkId, Message};
+pub use message::{Facts, FedMeta, LinkId, Message};
 pub use peer::{Outbound, PeerInfo, PeerStats};
 pub use policy::PeerPolicy;

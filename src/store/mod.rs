@@ -9,8 +9,9 @@
 //! hold the connection's mutex for well under a millisecond.
 //!
 //! * [`types`]: what is stored, with enums for kinds and states;
-//! * [`servers`], [`missions`], [`queue`], [`hub`]: the queries, one area each.
+//! * [`servers`], [`missions`], [`files`], [`queue`], [`hub`]: the queries, one area each.
 
+pub mod files;
 pub mod hub;
 pub mod missions;
 pub mod queue;
@@ -22,10 +23,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension};
 
-pub use types::{Change, ChangeType, Direction, Mission, MissionMeta, Pending, Protocol, QueueStats, Server, ServerStatus, Source};
+pub use types::{Change, ChangeType, FileMeta, Direction, Mission, MissionMeta, Pending, Protocol, QueueStats, Server, ServerStatus, Source};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 const SCHEMA_V1: &str = include_str!("../../schema.sql");
 /// Migrations from version N to N+1, in order (index 0: 1 -> 2).
 const MIGRATIONS: &[&str] = &[
@@ -53,6 +54,23 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX IF NOT EXISTS hub_rol_received ON hub_rol (received_ms);
      CREATE TABLE IF NOT EXISTS hub_seen (federate TEXT PRIMARY KEY, last_ms INTEGER NOT NULL);",
+    // 4: files (mission content and data packages) by SHA-256, their bytes on disk beside the
+    // store; queue items marked when they came from a replay window (files over the replay
+    // size cap go without their bytes).
+    "CREATE TABLE IF NOT EXISTS files (
+         hash         TEXT PRIMARY KEY,
+         name         TEXT NOT NULL DEFAULT '',
+         mime         TEXT NOT NULL DEFAULT '',
+         size         INTEGER NOT NULL,
+         submitter    TEXT NOT NULL DEFAULT '',
+         creator_uid  TEXT NOT NULL DEFAULT '',
+         uid          TEXT NOT NULL DEFAULT '',
+         keywords     TEXT NOT NULL DEFAULT '[]',
+         tool         TEXT NOT NULL DEFAULT 'public',
+         submitted_ms INTEGER NOT NULL,
+         origin       TEXT NOT NULL DEFAULT ''
+     );
+     ALTER TABLE outbound_queue ADD COLUMN replay INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]

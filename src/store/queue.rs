@@ -47,7 +47,7 @@ impl Store {
     /// Queues for `server_id` the local changes since `since_ms` (a replay window).
     pub fn enqueue_since(&self, server_id: i64, since_ms: i64) -> Result<usize, StoreError> {
         Ok(self.db().execute(
-            "INSERT OR IGNORE INTO outbound_queue (server_id, change_id) SELECT ?1, id FROM mission_changes WHERE is_federated_change = 0 AND ts_ms >= ?2 ORDER BY id",
+            "INSERT OR IGNORE INTO outbound_queue (server_id, change_id, replay) SELECT ?1, id, 1 FROM mission_changes WHERE is_federated_change = 0 AND ts_ms >= ?2 ORDER BY id",
             params![server_id, since_ms],
         )?)
     }
@@ -57,13 +57,13 @@ impl Store {
     pub fn pending(&self, server_id: i64, after: i64, limit: usize, now_ms: i64) -> Result<Vec<Pending>, StoreError> {
         let db = self.db();
         let mut st = db.prepare(&format!(
-            "SELECT q.id, s.name, q.attempts, q.last_error, q.created_at, q.next_attempt_ms, {CHANGE_COLS}
+            "SELECT q.id, s.name, q.attempts, q.last_error, q.created_at, q.next_attempt_ms, q.replay, {CHANGE_COLS}
              FROM outbound_queue q JOIN mission_changes c ON c.id = q.change_id JOIN federation_servers s ON s.id = q.server_id
              WHERE q.server_id = ?1 AND q.delivered_at IS NULL AND q.id > ?2 ORDER BY q.id LIMIT ?3"
         ))?;
         let mut out = vec![];
         let rows = st.query_map(params![server_id, after, limit as i64], |r| {
-            Ok((r.get::<_, i64>(5)?, Pending { queue_id: r.get(0)?, server: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)?, created_at: r.get(4)?, change: change_row(r, 6)? }))
+            Ok((r.get::<_, i64>(5)?, Pending { queue_id: r.get(0)?, server: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)?, created_at: r.get(4)?, replay: r.get(6)?, change: change_row(r, 7)? }))
         })?;
         for row in rows {
             let (next, p) = row?;
@@ -121,12 +121,12 @@ impl Store {
     pub fn all_pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let db = self.db();
         let mut st = db.prepare(&format!(
-            "SELECT q.id, s.name, q.attempts, q.last_error, q.created_at, {CHANGE_COLS}
+            "SELECT q.id, s.name, q.attempts, q.last_error, q.created_at, q.replay, {CHANGE_COLS}
              FROM outbound_queue q JOIN mission_changes c ON c.id = q.change_id JOIN federation_servers s ON s.id = q.server_id
              WHERE q.delivered_at IS NULL ORDER BY s.name, q.id LIMIT ?1"
         ))?;
         let v = st
-            .query_map([limit as i64], |r| Ok(Pending { queue_id: r.get(0)?, server: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)?, created_at: r.get(4)?, change: change_row(r, 5)? }))?
+            .query_map([limit as i64], |r| Ok(Pending { queue_id: r.get(0)?, server: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)?, created_at: r.get(4)?, replay: r.get(5)?, change: change_row(r, 6)? }))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
     }
@@ -184,6 +184,7 @@ mod tests {
         s.record_change(&Change { is_federated: true, ..change("m", "theirs", 6_000) }).unwrap();
         let (sid, _) = s.upsert_server(&server("east")).unwrap();
         assert_eq!(s.enqueue_since(sid, 2_000).unwrap(), 1, "only local changes in the window");
+        assert!(s.pending(sid, 0, 10, now_ms()).unwrap()[0].replay, "marked as a replay");
         s.upsert_server(&Server { source: Source::Api, ..server("api-peer") }).unwrap();
         assert_eq!(s.remove_stale_config_servers(&[]).unwrap(), 1);
         assert_eq!(s.servers().unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["api-peer"]);

@@ -214,7 +214,32 @@ pub struct Pending {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub created_at: String,
+    /// Queued by a replay window (not live).
+    pub replay: bool,
     pub change: Change,
+}
+
+/// A file held by SHA-256 (mission content, data packages): what TAK's enterprise sync
+/// keeps of it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FileMeta {
+    /// SHA-256 of the bytes, lowercase hex.
+    pub hash: String,
+    /// File name (TAK: filename / name).
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+    /// Who uploaded it (a certificate's CN, or the federate it came from).
+    pub submitter: String,
+    pub creator_uid: String,
+    /// TAK's resource uid (the hash when the sender gave none).
+    pub uid: String,
+    pub keywords: Vec<String>,
+    pub tool: String,
+    pub submitted_ms: i64,
+    /// The federate it came from; empty: local.
+    pub origin: String,
 }
 
 /// Queue totals for one server.

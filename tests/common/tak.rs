@@ -119,6 +119,13 @@ pub struct State {
     pub missions: BTreeMap<String, Mission>,
     /// Hashes TAK's enterprise sync holds (an ADD_CONTENT of another hash is skipped).
     pub resources: Vec<String>,
+    /// The bytes of each file `create resource` brought (hash recomputed from them, as
+    /// `JDBCEnterpriseSyncService` does), with the Resource JSON.
+    pub files: BTreeMap<String, (Vec<u8>, Value)>,
+    /// `create resource` without payload (TAK ignores it).
+    pub resources_without_content: u64,
+    /// `announce package` parameters (ResourceDetails) received with a sha256.
+    pub packages: Vec<Value>,
     /// DEADLINE_EXCEEDED sent by the inactivity check.
     pub deadlines: u64,
     pub duplicates: u64,
@@ -577,6 +584,28 @@ impl Svc {
                     st.missions.entry(s("name")).or_insert(Mission { creator: s("creatorUid"), expiration, tool: s("tool"), groups, ..Default::default() });
                 });
             }
+            ("create", "resource", Kind::Resource) => {
+                // FederationSyncResourceProcessor.processCreate: no payload -> ignored; the
+                // stored hash is the SHA-256 of the bytes, whatever the JSON said.
+                match rol.payload.first().filter(|b| !b.data.is_empty()) {
+                    Some(b) => {
+                        let h = hex::encode(ring::digest::digest(&ring::digest::SHA256, &b.data).as_ref());
+                        self.inner.with(|st| {
+                            if !st.resources.contains(&h) {
+                                st.resources.push(h.clone());
+                            }
+                            st.files.insert(h, (b.data.clone(), v.clone()));
+                        });
+                    }
+                    None => self.inner.with(|st| st.resources_without_content += 1),
+                }
+            }
+            ("announce", "package", Kind::Package) => {
+                // createPackageAnnounceCot requires a non-empty sha256.
+                if !s("sha256").is_empty() {
+                    self.inner.with(|st| st.packages.push(v.clone()));
+                }
+            }
             ("delete", "mission", Kind::MissionMetadata) if allow_delete => {
                 self.inner.with(|st| st.missions.remove(&s("name")));
             }
@@ -701,8 +730,15 @@ fn parse_program(p: &str) -> Result<(String, String, Value), String> {
 enum Kind {
     MissionMetadata,
     MissionUpdateDetails,
+    /// `com.bbn.marti.sync.model.Resource`
+    Resource,
+    /// `ResourceDetails` (a `Parameters` subtype)
+    Package,
     Other,
 }
+
+const RESOURCE: &[&str] = &["filename", "keywords", "mimeType", "contentType", "name", "submissionTime", "submitter", "uid", "hash", "size", "creatorUid", "tool", "latitude", "longitude", "altitude", "expiration", "groups"];
+const RESOURCE_DETAILS: &[&str] = &["type", "sha256", "senderUid", "name", "filename", "senderUrl", "tsStored", "sizeInBytes", "senderCallsign", "localPath"];
 
 const MISSION_METADATA: &[&str] = &["type", "name", "creatorUid", "description", "chatRoom", "tool", "boundingPolygon", "bbox", "path", "classification", "parentMissionId", "defaultRoleId", "expiration", "passwordHash", "baseLayer", "inviteOnly", "guid"];
 const MISSION_UPDATE_DETAILS: &[&str] = &["content", "creatorUid", "changeType", "missionName", "missionCreatorUid", "missionChatRoom", "missionTool", "missionDescription", "date", "xmlContentForNotification"];
@@ -716,6 +752,18 @@ fn unknown_keys(v: &Value, known: &[&str]) -> Vec<String> {
 /// The class TAK's `MissionEnterpriseSyncRolVisitor` maps mission parameters to, with
 /// Jackson's `FAIL_ON_UNKNOWN_PROPERTIES`: the first that takes every property.
 fn typed(op: &str, res: &str, v: &Value) -> Result<Kind, String> {
+    if res == "resource" || res == "package" {
+        // `Parameters` first (ResourceDetails when "type" is absent or says so), then
+        // `Resource`; each with FAIL_ON_UNKNOWN_PROPERTIES.
+        let t = v.get("type").and_then(Value::as_str);
+        if (t.is_none() || t == Some("ResourceDetails")) && unknown_keys(v, RESOURCE_DETAILS).is_empty() {
+            return Ok(Kind::Package);
+        }
+        if t.is_none() && unknown_keys(v, RESOURCE).is_empty() {
+            return Ok(Kind::Resource);
+        }
+        return Err(format!("ROL {op} {res} does not have correct parameters: {}", truncate(&v.to_string())));
+    }
     if res != "mission" {
         return Ok(Kind::Other);
     }
@@ -953,6 +1001,24 @@ pub fn update_mission(change: &str, mission: &str, uids: &[&str], hashes: &[&str
         p["date"] = d.into();
     }
     rol(format!("update mission\n{p};"))
+}
+
+/// `create resource` as `MissionActionROLConverter.getInsertResourceROL` writes it (the
+/// Resource JSON of the e-sync Metadata, payload[0] a BinaryBlob with only `data`); the
+/// file's SHA-256 with it.
+pub fn create_resource(bytes: &[u8], name: &str) -> (Rol, String) {
+    let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    let p = serde_json::json!({"filename": name, "keywords": ["mission"], "mimeType": "application/octet-stream", "name": name, "submissionTime": "2026-12-01T10:00:00.5Z", "submitter": "tak-user", "uid": hash, "hash": hash, "size": bytes.len(), "creatorUid": "ANDROID-TAK", "tool": "public"});
+    let mut r = rol(format!("create resource\n{p};"));
+    r.payload.push(BinaryBlob { data: bytes.to_vec(), ..Default::default() });
+    (r, hash)
+}
+
+/// `announce package` as `GroupFederationUtil.generatePackageAnnounceROL` writes it.
+pub fn announce_package(sha256: &str, name: &str, size: usize, callsigns: &[&str], uids: &[&str]) -> Rol {
+    let dest = serde_json::json!({"callsigns": callsigns, "uids": uids}).to_string();
+    let p = serde_json::json!({"type": "ResourceDetails", "sha256": sha256, "senderUid": dest, "name": name, "filename": name, "senderUrl": "", "tsStored": 1_764_000_000_000i64, "sizeInBytes": size, "senderCallsign": "TAKUSER"});
+    rol(format!("announce package\n{p};"))
 }
 
 /// Whether TAK's ROL parser and its JSON mapping take `rol` (the reason when not).

@@ -141,7 +141,8 @@ impl ClientIo {
         let (ev_tx, ev_rx) = mpsc::channel(64);
         let (rol_tx, rol_rx) = mpsc::channel(256);
         let receipts = sh.missions.as_ref().map(|m| Receipts::new(m.store.clone()));
-        ClientIo { id: sh.router.next_id(), sh, client, remote: remote.to_owned(), uid: random_uid(), session, tasks, ev_tx, ev_rx, grp_tx: None, rol_tx, rol_rx: Some(rol_rx), inject: Arc::default(), receipts, contacts: Arc::default(), health: None, delivering: false, events_opened: None }
+        let inject = Inject::new(sh.missions.clone());
+        ClientIo { id: sh.router.next_id(), sh, client, remote: remote.to_owned(), uid: random_uid(), session, tasks, ev_tx, ev_rx, grp_tx: None, rol_tx, rol_rx: Some(rol_rx), inject, receipts, contacts: Arc::default(), health: None, delivering: false, events_opened: None }
     }
 
     async fn run(mut self) -> Result<(), String> {

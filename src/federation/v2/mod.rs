@@ -174,15 +174,43 @@ fn tls_alert_hint(detail: &str) -> String {
     }
 }
 
-/// FederatedEvents to send ahead of the router's traffic on a session's event stream (the
-/// CoT of a mission item, just before the ROL that adds it).
+/// What a session sends besides the router's traffic and the mission queue:
+/// FederatedEvents ahead of the router's traffic on the event stream (the CoT of a mission
+/// item, just before the ROL that adds it), and ROL for data packages (a `b-f-t-r` goes to a
+/// v2 federate as `announce package`, never as an event, as TAK does).
 #[derive(Default)]
 pub(super) struct Inject {
     q: Mutex<VecDeque<FederatedEvent>>,
     wake: Notify,
+    rols: Mutex<VecDeque<Rol>>,
+    rol_wake: Notify,
+    /// Where data packages' files are held (None: no mission store, packages go as events).
+    missions: Option<Arc<Missions>>,
 }
 
 impl Inject {
+    pub(super) fn new(missions: Option<Arc<Missions>>) -> Arc<Inject> {
+        Arc::new(Inject { missions, ..Default::default() })
+    }
+
+    /// Sends a data package's ROL (its file first when held) on the ROL stream, without
+    /// holding up the event stream.
+    fn package(self: &Arc<Self>, ev: &crate::cot::CotEvent, groups: Vec<String>) -> bool {
+        let Some(m) = self.missions.clone() else { return false };
+        if crate::missions::package_of(ev).is_none() {
+            return false;
+        }
+        let (me, ev) = (self.clone(), ev.clone());
+        tokio::spawn(async move {
+            for mut rol in m.package_rols(&ev).await.unwrap_or_default() {
+                rol.federate_groups = groups.clone();
+                lock(&me.rols).push_back(rol);
+            }
+            me.rol_wake.notify_one();
+        });
+        true
+    }
+
     pub(super) fn push(&self, fe: FederatedEvent) {
         lock(&self.q).push_back(fe);
         self.wake.notify_one();
@@ -219,6 +247,19 @@ impl EventOut {
 
     fn add(&mut self, m: &Message) {
         let (pending, announced) = (&mut self.pending, &mut self.announced);
+        if m.event.cot_type == "b-f-t-r" {
+            let mut groups = None;
+            federated_for(m, &self.s, &mut HashSet::new(), |fe| {
+                if fe.event.is_some() {
+                    groups = Some(fe.federate_groups);
+                }
+            });
+            match groups {
+                Some(g) if self.inject.package(&m.event, g.clone()) => return,
+                None => return,
+                Some(_) => {}
+            }
+        }
         federated_for(m, &self.s, announced, |fe| pending.push_back(fe));
     }
 
@@ -314,43 +355,68 @@ fn item_event(change: &crate::store::Change, s: &FedSettings) -> Option<Federate
     Some(fe)
 }
 
-/// The outbound ROL stream of one session: each queued change as TAK's ROL, stamped with
-/// our provenance and the federation groups it may reach (a change for groups this
-/// federate may not receive is skipped), its item's CoT injected on the event stream
-/// first. A change counts as written when the stream takes it.
+/// The outbound ROL stream of one session: each queued change as TAK's ROL (a file's
+/// `create resource` just before the ADD_CONTENT of its hash), then injected ROL (data
+/// packages), each stamped with our provenance and the federation groups it may reach (a
+/// change for groups this federate may not receive is skipped), an item's CoT injected on
+/// the event stream first. A change counts as written when the stream takes it.
 pub(super) fn rol_stream(rx: mpsc::Receiver<OutRol>, sh: Arc<Shared>, inject: Arc<Inject>, stop: CancellationToken, expired: Option<Arc<AtomicBool>>) -> impl Stream<Item = Result<Rol, Status>> + Send + 'static {
-    futures_util::stream::unfold((false, rx, sh, inject, stop, expired), |(done, mut rx, sh, inject, stop, expired)| async move {
-        if done {
+    let state = RolOut { done: false, rx, sh, inject, stop, expired, pending: VecDeque::new() };
+    futures_util::stream::unfold(state, |mut o| async move {
+        if o.done {
             return None;
         }
         loop {
+            if let Some(rol) = o.pending.pop_front().or_else(|| lock(&o.inject.rols).pop_front()) {
+                LinkCounters::inc(&o.sh.s.counters.events_out);
+                LinkCounters::add(&o.sh.s.counters.bytes_out, rol.encoded_len() as u64);
+                let rol = o.sh.stamp_rol(rol);
+                return Some((Ok(rol), o));
+            }
+            let inject = o.inject.clone();
             let r = tokio::select! {
                 biased;
-                _ = stop.cancelled() => {
-                    if expired.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) {
-                        return Some((Err(Status::deadline_exceeded("no health check in time")), (true, rx, sh, inject, stop, expired)));
+                _ = o.stop.cancelled() => {
+                    o.done = true;
+                    if o.expired.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) {
+                        return Some((Err(Status::deadline_exceeded("no health check in time")), o));
                     }
                     return None;
                 }
-                r = rx.recv() => r?,
+                _ = inject.rol_wake.notified() => continue,
+                r = o.rx.recv() => r?,
             };
-            let OutRol { change, written } = r;
+            let OutRol { change, resource, written } = r;
             if let Some(w) = written {
                 w();
             }
             let own: Vec<&str> = if change.groups.is_empty() { vec!["__ANON__"] } else { change.groups.iter().map(String::as_str).collect() };
-            let Some(groups) = outbound_groups_for(&own, &sh.s) else {
-                LinkCounters::inc(&sh.s.counters.filtered);
+            let Some(groups) = outbound_groups_for(&own, &o.sh.s) else {
+                LinkCounters::inc(&o.sh.s.counters.filtered);
                 continue;
             };
             let Some(mut rol) = to_rol(&change, &groups) else { continue };
-            if let Some(fe) = item_event(&change, &sh.s) {
-                inject.push(fe);
+            if let Some(fe) = item_event(&change, &o.sh.s) {
+                o.inject.push(fe);
+            }
+            if let Some((meta, bytes)) = resource {
+                let mut r = crate::missions::rol::resource_rol(&meta, bytes);
+                r.federate_groups = groups.clone();
+                o.pending.push_back(r);
             }
             rol.federate_groups = groups;
-            LinkCounters::inc(&sh.s.counters.events_out);
-            LinkCounters::add(&sh.s.counters.bytes_out, rol.encoded_len() as u64);
-            return Some((Ok(sh.stamp_rol(rol)), (false, rx, sh, inject, stop, expired)));
+            o.pending.push_back(rol);
         }
     })
+}
+
+struct RolOut {
+    done: bool,
+    rx: mpsc::Receiver<OutRol>,
+    sh: Arc<Shared>,
+    inject: Arc<Inject>,
+    stop: CancellationToken,
+    expired: Option<Arc<AtomicBool>>,
+    /// ROL of the current change still to send (a file, then its ADD_CONTENT).
+    pending: VecDeque<Rol>,
 }

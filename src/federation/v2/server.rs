@@ -299,7 +299,7 @@ pub(super) async fn serve(conn: crate::link::listen::Conn, sh: Arc<Shared>) {
         peer_name: Mutex::default(),
         receipts: sh.missions.as_ref().map(|m| Receipts::new(m.store.clone())),
         contacts: Arc::default(),
-        inject: Arc::default(),
+        inject: Inject::new(sh.missions.clone()),
         changed: Notify::new(),
         tasks: Mutex::new(JoinSet::new()),
     });
