@@ -240,3 +240,55 @@ async fn opentakserver_to_opentakserver_over_takgate_federation() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// A file added to a mission on OpenTAKServer a (uploaded and added through its Marti API,
+/// as its Data Sync clients do) reaches the same mission on OpenTAKServer b with its bytes:
+/// takgate A fetches it from OTS a, sends it as `create resource` before the ADD_CONTENT of
+/// its hash, takgate B stores it and hands it to OTS b (upload, then the contents PUT), so
+/// OTS b's Data Sync lists it and serves the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_added_on_opentakserver_a_reaches_opentakserver_b_with_its_bytes() {
+    let (ots_a, ots_b) = (Ots::get("a"), Ots::get("b"));
+    let t = tag();
+    let mut pki = common::certs::Pki::new("otsfiles");
+    let a = gateway(&engine_with_v2(&ots_a, &pki, "")).await;
+    let b_cfg = federate_of(a.local_addr("fed").unwrap(), &mut pki, "").replace("[[link]]\nname = \"c\"", &format!("{}[[link]]\nname = \"c\"", ots_b.link("ots", "ots_poll_secs = 1")));
+    let b = gateway(&b_cfg).await;
+    let oscar = format!("OTS-O-{t}");
+    let _o = ots_a.client(&pli(&oscar, &format!("OSCAR{t}"), 1)).await;
+    let mission = format!("files-{t}");
+    let api_a = takgate::transport::ots::api::Api::new(&ots_a.api(), &std::fs::read_to_string(ots_a.service_cert()).unwrap()).unwrap();
+    let api_b = takgate::transport::ots::api::Api::new(&ots_b.api(), &std::fs::read_to_string(ots_b.service_cert()).unwrap()).unwrap();
+    // OTS knows the EUD once its eud_handler has stored it
+    let mut made = Err(String::new());
+    for _ in 0..20 {
+        made = api_a.ensure_mission(&mission, &oscar, "public", "files").await.map_err(|e| e.to_string());
+        if made.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    made.unwrap();
+    let bytes: Vec<u8> = format!("situation report {t}\n").repeat(2000).into_bytes();
+    let name = format!("sitrep-{t}.txt");
+    let hash = api_a.upload(&name, &oscar, "text/plain", bytes.clone()).await.unwrap();
+    assert_eq!(hash, hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()), "OTS a holds the file by its SHA-256");
+    api_a.add_hashes(&mission, &oscar, std::slice::from_ref(&hash)).await.unwrap();
+    assert!(eventually(20.0, || a.store().has_hash(&mission, &hash).unwrap() && b.store().has_hash(&mission, &hash).unwrap()).await, "A recorded and B applied the file: {:?} / {:?}", a.store().changes(&mission), b.store().changes(&mission));
+    assert_eq!(b.missions().files.read(&hash).unwrap().map(|(m, b)| (m.name, b)), Some((name.clone(), bytes.clone())), "takgate B holds the file under its name");
+    let mut listed = vec![];
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if ots_b.query(&format!("select name from missions where name = '{mission}'")).len() == 1 {
+            let v = ots_b.mission(&mission).await;
+            listed = v["data"][0]["contents"].as_array().map(|c| c.iter().filter_map(|c| c["data"]["hash"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            if !listed.is_empty() {
+                break;
+            }
+        }
+    }
+    assert_eq!(listed, [hash.clone()], "OTS b's Data Sync lists the file");
+    assert_eq!(api_b.content(&hash).await.unwrap(), bytes, "and serves the same bytes");
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -35,6 +35,25 @@ pub fn parse_announcement(ev: &CotEvent) -> Vec<Change> {
     out
 }
 
+/// The files (`contentResource`) a `t-x-m-c` announcement names, with what it says of them.
+pub fn announced_files(ev: &CotEvent) -> Vec<FileMeta> {
+    let mut out = vec![];
+    let mut rest = ev.detail.xml.as_str();
+    while let Some(i) = rest.find("<contentResource>") {
+        let after = &rest[i + 17..];
+        let end = after.find("</contentResource>").unwrap_or(after.len());
+        let body = &after[..end];
+        let text = |tag: &str| -> String {
+            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+            body.find(&open).and_then(|a| body[a + open.len()..].find(&close).map(|b| fragment::unescape_text(&body[a + open.len()..a + open.len() + b]))).unwrap_or_default()
+        };
+        let name = Some(text("filename")).filter(|n| !n.is_empty()).unwrap_or_else(|| text("name"));
+        out.push(FileMeta { hash: text("hash"), name, mime: text("mimeType"), size: text("size").parse().unwrap_or(0), submitter: text("submitter"), creator_uid: text("creatorUid"), uid: text("uid"), ..Default::default() });
+        rest = &after[end..];
+    }
+    out
+}
+
 fn xml_hash(body: &str) -> String {
     let Some(a) = body.find("<contentResource>") else { return String::new() };
     let r = &body[a..];
@@ -144,6 +163,8 @@ mod tests {
         assert!(ev.detail.xml.contains("<contentResource><expiration>-1</expiration><filename>map.kmz</filename>"), "{}", ev.detail.xml);
         let back = parse_announcement(&crate::cot::xml::decode(&crate::cot::xml::encode(&ev)).unwrap());
         assert_eq!((back[0].content_hash.as_str(), back[0].content_uid.as_str()), (file.hash.as_str(), ""));
+        let files = announced_files(&ev);
+        assert_eq!((files[0].hash.as_str(), files[0].name.as_str(), files[0].size), (file.hash.as_str(), "map.kmz", 9));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::files::{normalize_hash, FileError};
 use super::rol::{self, Package};
-use super::{Applied, Missions};
+use super::{Applied, Missions, Resource};
 use crate::cot::{fragment, CotEvent, CotTime};
 use crate::federation::fig::Rol;
 use crate::link::{log_bad_input, LinkCounters};
@@ -51,14 +51,14 @@ impl Missions {
     /// The file an ADD_CONTENT adds, with its bytes unless they are over the limit for this
     /// kind of delivery (live: the file limit; a replay: `replay_max_file_bytes`). None
     /// when the change adds no file or the file is not held (then only the change goes).
-    pub(super) async fn resource_for(&self, change: &Change, replay: bool) -> Option<(FileMeta, Option<Vec<u8>>)> {
+    pub(super) async fn resource_for(&self, change: &Change, replay: bool) -> Option<Resource> {
         if change.change_type != ChangeType::AddContent || change.content_hash.is_empty() {
             return None;
         }
         let files = self.files.clone();
         let hash = change.content_hash.clone();
         let limit = if replay { self.replay_max_file_bytes } else { self.files.max_bytes };
-        let read = tokio::task::spawn_blocking(move || -> Result<Option<(FileMeta, Option<Vec<u8>>)>, FileError> {
+        let read = tokio::task::spawn_blocking(move || -> Result<Option<Resource>, FileError> {
             let Some(meta) = files.meta(&hash)? else { return Ok(None) };
             if meta.size as u64 > limit {
                 tracing::info!(hash = %meta.hash, size = meta.size, limit, replay, "file over the size limit: create resource goes without its bytes");

@@ -42,12 +42,16 @@ use crate::router::{FedMeta, LinkId, Message, PeerPolicy, RouterHandle};
 use crate::store::{now_ms, Change, ChangeType, Direction, MissionMeta, Protocol, Server, Source, Store, StoreError};
 use crate::sync::lock;
 
+/// A file to send as `create resource`: its metadata, and its bytes (None: over the size
+/// limit, sent as metadata only, as TAK sends such files).
+pub type Resource = (crate::store::FileMeta, Option<Vec<u8>>);
+
 /// A queued change handed to a federate session, with what to do once it is written.
 pub struct OutRol {
     pub change: Change,
     /// The file an ADD_CONTENT of a hash adds, sent as `create resource` just before it
     /// (its bytes: None when over the size limit, as TAK sends such files).
-    pub resource: Option<(crate::store::FileMeta, Option<Vec<u8>>)>,
+    pub resource: Option<Resource>,
     pub written: Option<Box<dyn FnOnce() + Send>>,
 }
 

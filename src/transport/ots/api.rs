@@ -1,5 +1,5 @@
 //! OpenTAKServer's Marti API, for missions: create a mission, add and remove its content,
-//! delete it. OpenTAKServer trusts the client certificate its nginx passes in `X-Ssl-Cert`
+//! delete it; upload and download files. OpenTAKServer trusts the client certificate its nginx passes in `X-Ssl-Cert`
 //! (URL-encoded PEM) when it is signed by OTS's CA; takgate talks to the API port (8081)
 //! directly and sends the certificate the same way. Calls on one mission need the mission
 //! token OpenTAKServer returns when the mission is created or updated (`PUT
@@ -38,6 +38,8 @@ pub struct Api {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls that carry a whole file.
+const FILE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `application/x-www-form-urlencoded`-style escaping of a query value or path part.
 pub fn escape(s: &str) -> String {
@@ -69,6 +71,14 @@ impl Api {
     }
 
     async fn call_once(&self, method: &'static str, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), ApiError> {
+        let body = body.map(|v| ("application/json", Bytes::from(serde_json::to_vec(&v).unwrap_or_default())));
+        let (status, bytes) = self.raw(method, path, token, body).await?;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect()));
+        Ok((status, v))
+    }
+
+    /// One call with a body of any type; the answer's bytes (an error for a status >= 300).
+    async fn raw(&self, method: &'static str, path: &str, token: Option<&str>, body: Option<(&str, Bytes)>) -> Result<(u16, Bytes), ApiError> {
         let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| ApiError::Connect(self.addr.clone(), e))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?;
         tokio::spawn(conn);
@@ -76,10 +86,10 @@ impl Api {
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let data = match &body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+        let data = match body {
+            Some((ct, b)) => {
+                req = req.header("content-type", ct);
+                b
             }
             None => Bytes::new(),
         };
@@ -87,11 +97,31 @@ impl Api {
         let resp = send.send_request(req).await.map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| ApiError::Http(path.to_owned(), e.to_string()))?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect()));
         if status >= 300 {
-            return Err(ApiError::Status { method, path: path.to_owned(), status, body: v.to_string().chars().take(300).collect() });
+            let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+            return Err(ApiError::Status { method, path: path.to_owned(), status, body });
         }
-        Ok((status, v))
+        Ok((status, bytes))
+    }
+
+    /// Uploads a file as OTS's Data Sync clients do (`POST /Marti/sync/upload?name=&creatorUid=`,
+    /// the body is the file; OTS keeps it by name and records its SHA-256); the hash OTS
+    /// recorded. OTS refuses names whose extension is not in its ALLOWED_EXTENSIONS.
+    pub async fn upload(&self, name: &str, creator_uid: &str, mime: &str, bytes: Vec<u8>) -> Result<String, ApiError> {
+        let path = format!("/Marti/sync/upload?name={}&creatorUid={}", escape(name), escape(creator_uid));
+        let mime = if mime.is_empty() { "application/octet-stream" } else { mime };
+        let fut = self.raw("POST", &path, None, Some((mime, Bytes::from(bytes))));
+        let (_, answer) = tokio::time::timeout(FILE_TIMEOUT, fut).await.unwrap_or(Err(ApiError::Timeout(FILE_TIMEOUT)))?;
+        let v: Value = serde_json::from_slice(&answer).unwrap_or_default();
+        Ok(v["Hash"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A file OTS holds (`GET /Marti/sync/content?hash=`).
+    pub async fn content(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
+        let path = format!("/Marti/sync/content?hash={}", escape(hash));
+        let fut = self.raw("GET", &path, None, None);
+        let (_, b) = tokio::time::timeout(FILE_TIMEOUT, fut).await.unwrap_or(Err(ApiError::Timeout(FILE_TIMEOUT)))?;
+        Ok(b.to_vec())
     }
 
     /// Creates `name` (or updates it: OTS's PUT does both) with `creator_uid` (an EUD OTS

@@ -233,6 +233,9 @@ async fn consume(s: &OtsSettings, router: &RouterHandle, id: u64, clients: &Clie
                             learn_mission(s, api, missions, id, name).await;
                         }
                     }
+                    if let Some(api) = api {
+                        fetch_files(s, api, missions, &m.event).await;
+                    }
                     let mut rec = Message::new(m.event.clone(), id);
                     rec.sender = sender.filter(|u| !u.is_empty());
                     if let Err(e) = missions.intake(&rec) {
@@ -429,6 +432,7 @@ impl Engine {
                 if !c.content_hash.is_empty() {
                     let creator = self.creator_for(&c.creator_uid).await;
                     if let Some(api) = &self.api {
+                        upload_file(&self.s, api, &self.missions, &c.content_hash, &creator).await;
                         if let Err(e) = api.add_hashes(&c.mission, &creator, std::slice::from_ref(&c.content_hash)).await {
                             tracing::warn!(link = %self.s.link, mission = %c.mission, hash = %c.content_hash, "file not added to the OpenTAKServer mission (OTS must hold the file): {e}");
                         }
@@ -473,6 +477,49 @@ impl Engine {
         }
         let who = self.contacts.get(&c.creator_uid).filter(|_| self.clients.has_room_for(&c.creator_uid)).cloned().unwrap_or_else(|| own_client(&self.s));
         self.clients.send(&who, without_decl(xml::encode(&ev)));
+    }
+}
+
+/// Hands a file we hold to OpenTAKServer before its hash is added to an OTS mission (OTS
+/// adds only hashes it holds): uploaded as its Data Sync clients upload.
+async fn upload_file(s: &OtsSettings, api: &api::Api, missions: &Missions, hash: &str, creator: &str) {
+    let files = missions.files.clone();
+    let h = hash.to_owned();
+    let Ok(Ok(Some((meta, bytes)))) = tokio::task::spawn_blocking(move || files.read(&h)).await else {
+        tracing::warn!(link = %s.link, %hash, "file not held by takgate: OpenTAKServer cannot be given it");
+        return;
+    };
+    let name = if meta.name.is_empty() { format!("{hash}.bin") } else { meta.name.clone() };
+    match api.upload(&name, creator, &meta.mime, bytes).await {
+        Ok(h) if h == hash => tracing::info!(link = %s.link, %hash, %name, "file handed to OpenTAKServer"),
+        Ok(h) => tracing::warn!(link = %s.link, %hash, recorded = %h, %name, "OpenTAKServer recorded the file under another hash"),
+        Err(e) => tracing::warn!(link = %s.link, %hash, %name, "file not handed to OpenTAKServer (its ALLOWED_EXTENSIONS may refuse the name): {e}"),
+    }
+}
+
+/// Files an OpenTAKServer mission change adds that takgate does not hold yet, fetched from
+/// OTS before the change is recorded, so federates get them (`create resource`) with it.
+async fn fetch_files(s: &OtsSettings, api: &api::Api, missions: &Missions, ev: &crate::cot::CotEvent) {
+    if !ev.cot_type.starts_with("t-x-m-c") {
+        return;
+    }
+    for mut f in crate::missions::announce::announced_files(ev) {
+        let Some(hash) = crate::missions::files::normalize_hash(&f.hash) else { continue };
+        if missions.files.meta(&hash).ok().flatten().is_some() {
+            continue;
+        }
+        match api.content(&hash).await {
+            Ok(bytes) => {
+                f.hash = hash.clone();
+                f.origin = s.link.clone();
+                f.submitted_ms = 0;
+                match missions.store_file(bytes, f).await {
+                    Ok((m, _)) => tracing::info!(link = %s.link, %hash, name = %m.name, size = m.size, "file fetched from OpenTAKServer"),
+                    Err(e) => tracing::warn!(link = %s.link, %hash, "file from OpenTAKServer not stored: {e}"),
+                }
+            }
+            Err(e) => tracing::warn!(link = %s.link, %hash, "file not fetched from OpenTAKServer: {e}"),
+        }
     }
 }
 
