@@ -103,6 +103,18 @@ pub struct MartiConfig {
     pub public_url: Option<String>,
 }
 
+impl MartiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.address.parse::<SocketAddr>().map_err(|_| ConfigError(format!("marti.address: {:?} is not an IP:port", self.address)))?;
+        if let Some(u) = &self.public_url {
+            if !u.starts_with("https://") || u.len() <= 8 {
+                return Err(ConfigError(format!("marti.public_url: {u:?} must be https://host[:port] (clients download files from it)")));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn marti_address() -> String {
     "0.0.0.0:8443".into()
 }
@@ -306,6 +318,7 @@ impl Config {
         if !(self.missions.replay_hours.is_finite() && self.missions.replay_hours >= 0.0) {
             return Err(ConfigError("missions.replay_hours: must be 0 or more".into()));
         }
+        self.marti.as_ref().map(MartiConfig::validate).transpose()?;
         if let Some(a) = &self.admin {
             let sa: SocketAddr = a.address.parse().map_err(|_| ConfigError(format!("admin.address: {:?} is not an IP:port", a.address)))?;
             if !sa.ip().is_loopback() && !a.allow_remote {
@@ -366,6 +379,16 @@ mod tests {
         assert_eq!(redact_address("amqp://a:b:c@d@h:1"), "amqp://a:***@h:1");
         assert_eq!(redact_address("amqp://h:5672"), "amqp://h:5672");
         assert_eq!(redact_address("127.0.0.1:8087"), "127.0.0.1:8087");
+    }
+
+    #[test]
+    fn the_marti_listener_is_checked() {
+        let m = "[marti]\ncert = \"s.pem\"\nkey = \"s.key\"\nca = \"ca.pem\"\n";
+        let c = Config::parse(m).unwrap();
+        assert_eq!(c.marti.as_ref().map(|m| m.address.as_str()), Some("0.0.0.0:8443"));
+        let e = Config::parse(&format!("{m}public_url = \"http://gw:8443\"\n")).unwrap_err().0;
+        assert!(e.contains("marti.public_url"), "{e}");
+        assert!(Config::parse("[marti]\ncert = \"s.pem\"\n").unwrap_err().0.contains("key"));
     }
 
     #[test]
