@@ -76,6 +76,9 @@ fn router(state: Arc<MartiState>, limit: usize) -> Router {
         .route("/Marti/api/missions", get(missions_list))
         .route("/Marti/api/missions/{name}", get(mission_get).put(mission_create))
         .route("/Marti/api/missions/{name}/contents", put(contents_add).delete(contents_remove))
+        .route("/Marti/api/missions/{name}/log", get(mission_log))
+        .route("/Marti/api/missions/logs/entries", post(log_add).put(log_add))
+        .route("/Marti/api/missions/logs/entries/{id}", axum::routing::delete(log_delete))
         .route("/Marti/api/version", get(version))
         .route("/Marti/api/version/config", get(version_config))
         .layer(DefaultBodyLimit::max(limit))
@@ -358,6 +361,54 @@ async fn contents_remove(State(st): St, Path(name): Path<String>, Query(q): Quer
     }
     match st.missions.remove_local_content(&name, hash, uid, &q.creator_uid).await {
         Ok(_) => mission_get(State(st), Path(name)).await,
+        Err(e) => content_error(e),
+    }
+}
+
+const LOG_TYPE: &str = "com.bbn.marti.sync.model.LogEntry";
+
+/// `GET /Marti/api/missions/{name}/log`: the mission's log entries.
+async fn mission_log(State(st): St, Path(name): Path<String>) -> Response {
+    match st.missions.store.logs(&name) {
+        Ok(l) => envelope(&st, LOG_TYPE, Value::Array(l.iter().map(crate::missions::rol::log_entry_json).collect())),
+        Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST` (new) and `PUT` (edit, by `id`/`entryUid`) `/Marti/api/missions/logs/entries`:
+/// TAK's LogEntry JSON; the entry of its first mission name. Answers the entry as stored.
+async fn log_add(State(st): St, method: Method, Json(body): Json<Value>) -> Response {
+    let mut e = crate::missions::rol::parse_log_entry(&body);
+    if e.mission.is_empty() {
+        return status(StatusCode::BAD_REQUEST, "missionNames is required");
+    }
+    let now = crate::store::now_ms();
+    let old = if e.entry_uid.is_empty() { None } else { st.missions.store.log(&e.entry_uid).ok().flatten() };
+    match (&method, &old) {
+        (&Method::PUT, None) => return status(StatusCode::NOT_FOUND, format!("no log entry {:?}", e.entry_uid)),
+        (_, Some(o)) => e.created_ms = o.created_ms,
+        (_, None) => {
+            if e.entry_uid.is_empty() {
+                e.entry_uid = crate::cot::random_uid();
+            }
+            e.created_ms = now;
+        }
+    }
+    e.servertime_ms = now;
+    if e.dtg_ms == 0 {
+        e.dtg_ms = now;
+    }
+    match st.missions.local_log(e.clone(), false).await {
+        Ok(_) => (if old.is_none() { StatusCode::CREATED } else { StatusCode::OK }, Json(json!({"version": "3", "type": LOG_TYPE, "data": crate::missions::rol::log_entry_json(&e), "nodeId": st.node_id}))).into_response(),
+        Err(e) => content_error(e),
+    }
+}
+
+/// `DELETE /Marti/api/missions/logs/entries/{id}`.
+async fn log_delete(State(st): St, Path(id): Path<String>) -> Response {
+    let Some(e) = st.missions.store.log(&id).ok().flatten() else { return status(StatusCode::NOT_FOUND, format!("no log entry {id:?}")) };
+    match st.missions.local_log(e, true).await {
+        Ok(_) => StatusCode::OK.into_response(),
         Err(e) => content_error(e),
     }
 }

@@ -293,3 +293,93 @@ async fn the_replay_window_sends_files_up_to_its_size_cap() {
     assert!(!tak.state().missions["replayed"].hashes.contains(&hb), "TAK skips the hash it never got");
     gw.shutdown().await;
 }
+
+/// Mission log entries both ways: one a client writes and edits over the Marti API reaches
+/// the TAK Server as TAK's MissionUpdateDetailsForLogEntry (add-or-update, then delete); one
+/// TAK sends is in the mission's log on takgate's Marti API, announced to local clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mission_log_entries_cross_both_ways() {
+    let e = ends("files5");
+    let tak = Tak::start(&e.pki.server_cert, &e.pki.server_key, &e.pki.ca, Options::default()).await;
+    let m = free_port();
+    let gw = gateway(&node(&e, tak.addr, m, "")).await;
+    let mut alpha = Client::tcp(gw.local_addr("c").unwrap()).await;
+    alpha.send(&sa("ANDROID-ALPHA", "ALPHA")).await;
+    assert!(eventually(10.0, || tak.state().count("ClientROLStream") >= 1).await);
+    let entry = json!({"content": "contact at 0600", "creatorUid": "ANDROID-ALPHA", "missionNames": ["logbook"], "dtg": "2026-12-02T06:00:00.000Z", "keywords": ["sitrep"], "contentHashes": []});
+    let r = marti(&e, m.port(), json!([{"method": "PUT", "path": "/Marti/api/missions/logbook?creatorUid=ANDROID-ALPHA"}, {"method": "POST", "path": "/Marti/api/missions/logs/entries", "json": entry}, {"method": "POST", "path": "/Marti/api/missions/logs/entries", "json": {"content": "no mission", "missionNames": ["nowhere"]}}])).await;
+    assert_eq!((r[0]["status"].as_i64(), r[1]["status"].as_i64(), r[2]["status"].as_i64()), (Some(201), Some(201), Some(404)), "{r:?}");
+    let uid = r[1]["json"]["data"]["entryUid"].as_str().unwrap().to_owned();
+    let ok = eventually(10.0, || tak.state().logs.get(&uid).is_some_and(|l| l["content"] == "contact at 0600")).await;
+    {
+        let st = tak.state();
+        assert!(ok, "TAK has the entry: {:?} {:?} {:?}", st.rejected, st.rols.iter().map(|r| r.program.clone()).collect::<Vec<_>>(), gw.store().changes("logbook"));
+    }
+    let mut edit = entry.clone();
+    edit["content"] = "contact at 0600, two vehicles".into();
+    edit["id"] = uid.clone().into();
+    let r = marti(&e, m.port(), json!([{"method": "PUT", "path": "/Marti/api/missions/logs/entries", "json": edit}, {"method": "GET", "path": "/Marti/api/missions/logbook/log"}])).await;
+    assert_eq!(r[0]["status"], 200, "{:?}", r[0]);
+    assert_eq!(r[1]["json"]["data"].as_array().map(|a| a.iter().map(|l| l["content"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>()), Some(vec!["contact at 0600, two vehicles".to_string()]));
+    assert!(eventually(10.0, || tak.state().logs.get(&uid).is_some_and(|l| l["content"] == "contact at 0600, two vehicles")).await, "the edit");
+    let first = tak.state().logs[&uid].clone();
+    assert_eq!((first["dtg"].as_str(), first["missionNames"][0].as_str(), first["keywords"][0].as_str()), (Some("2026-12-02T06:00:00.000Z"), Some("logbook"), Some("sitrep")));
+    let r = marti(&e, m.port(), json!([{"method": "DELETE", "path": format!("/Marti/api/missions/logs/entries/{uid}")}])).await;
+    assert_eq!(r[0]["status"], 200);
+    assert!(eventually(10.0, || !tak.state().logs.contains_key(&uid)).await, "the deletion");
+    // from TAK
+    tak.send_rol(tak::log_entry("ADD_UPDATE_LOG_ENTRY", "logbook", "tak-entry-1", "from the TAK side"));
+    assert!(eventually(10.0, || gw.store().log("tak-entry-1").unwrap().is_some()).await, "{:?}", gw.store().changes("logbook"));
+    let r = marti(&e, m.port(), json!([{"method": "GET", "path": "/Marti/api/missions/logbook/log"}])).await;
+    let l = &r[0]["json"]["data"][0];
+    assert_eq!((l["entryUid"].as_str(), l["content"].as_str(), l["dtg"].as_str()), (Some("tak-entry-1"), Some("from the TAK side"), Some("2026-12-01T09:59:00.000Z")), "{:?}", r[0]);
+    let evs = alpha.drain(Duration::from_millis(1500)).await;
+    assert!(evs.iter().any(|e| e.cot_type == "t-x-m-c-l" && e.detail.xml.contains("logbook")), "local clients are told the log changed: {evs:?}");
+    tak.state().assert_clean();
+    gw.shutdown().await;
+}
+
+/// takgate between two TAK Servers: what one federates (a file and the change that adds
+/// it, a log entry) is relayed to the other as TAK would send it, never back to its origin;
+/// with `relay = false`, as a TAK Server, it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_two_tak_servers_files_and_changes_are_relayed_never_back() {
+    for relay in [true, false] {
+        let e = ends(if relay { "files6" } else { "files7" });
+        let (east, west) = tokio::join!(Tak::start(&e.pki.server_cert, &e.pki.server_key, &e.pki.ca, Options::default()), Tak::start(&e.pki.server_cert, &e.pki.server_key, &e.pki.ca, Options::default()));
+        let m = free_port();
+        let cfg = node(&e, east.addr, m, &format!("[missions]\nrelay = {relay}\n")).replace("name = \"fed\"", "name = \"east\"");
+        let west_link = cfg[cfg.find("[[link]]\nname = \"east\"").unwrap()..].replace("name = \"east\"", "name = \"west\"").replace(&east.addr.to_string(), &west.addr.to_string());
+        let gw = gateway(&format!("{cfg}{west_link}")).await;
+        assert!(eventually(10.0, || east.state().count("ClientROLStream") >= 1 && west.state().count("ClientROLStream") >= 1).await);
+        let bytes = format!("overlay relay={relay}").repeat(300).into_bytes();
+        let (file, h) = tak::create_resource(&bytes, "overlay.kml");
+        east.send_rol(tak::create_mission("shared", "ANDROID-EAST"));
+        east.send_rol(file);
+        east.send_rol(tak::update_mission("ADD_CONTENT", "shared", &[], &[&h], Some(CotTime::now().0)));
+        east.send_rol(tak::log_entry("ADD_UPDATE_LOG_ENTRY", "shared", "east-log-1", "from east"));
+        // what takgate does not model goes on as it came
+        let assign = "assign mission\n{\"missionName\":\"shared\",\"parentMissionName\":\"theatre\"};";
+        let feed = "create data_feed\n{\"type\":\"DataFeedMetadata\",\"missionName\":\"\",\"missionFeedUid\":\"\",\"dataFeedUid\":\"3c1e\",\"filterPolygon\":\"\",\"filterCotTypes\":[],\"filterCallsign\":\"\",\"archive\":true,\"sync\":false,\"enableLatestSA\":true,\"archiveOnly\":false,\"feedName\":\"ais\",\"authType\":\"X_509\",\"syncCacheRetentionSeconds\":3600,\"tags\":[]};";
+        for p in [assign, feed] {
+            east.send_rol(takgate::federation::fig::Rol { program: p.into(), ..Default::default() });
+        }
+        assert!(eventually(10.0, || gw.store().has_hash("shared", &h).unwrap() && gw.store().log("east-log-1").unwrap().is_some()).await, "applied on takgate");
+        if relay {
+            let got = eventually(15.0, || west.state().missions.get("shared").is_some_and(|m| m.hashes.contains(&h)) && west.state().logs.contains_key("east-log-1")).await;
+            let st = west.state();
+            assert!(got, "west got the mission, the file and the log: {:?}", st.rols.iter().map(|r| r.program.lines().next().unwrap_or("")).collect::<Vec<_>>());
+            assert_eq!(st.files.get(&h).map(|f| &f.0), Some(&bytes));
+            drop(st);
+            assert!(eventually(10.0, || [assign, feed].iter().all(|p| west.state().rols.iter().any(|r| r.program == *p))).await, "hierarchy and data feed relayed as they came: {:?}", west.state().rols.iter().map(|r| r.program.clone()).collect::<Vec<_>>());
+            let st = west.state();
+            st.assert_clean();
+        } else {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(west.state().rols.is_empty(), "relay = false: west gets nothing of east's");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(east.state().rols.is_empty(), "nothing goes back to its origin: {:?}", east.state().rols.iter().map(|r| r.program.lines().next().unwrap_or("")).collect::<Vec<_>>());
+        gw.shutdown().await;
+    }
+}

@@ -131,7 +131,7 @@ async fn a_mission_made_on_opentakserver_is_recorded_with_creator_and_guid_and_f
     tokio::time::sleep(Duration::from_millis(500)).await;
     // the mission, as an OTS client's Data Sync makes it
     let api = takgate::transport::ots::api::Api::new(&ots.api(), &std::fs::read_to_string(ots.service_cert()).unwrap()).unwrap();
-    assert!(api.ensure_mission(&mission, &oscar, "public", "made on OTS").await.unwrap(), "OTS created the mission");
+    assert!(ots.make_mission(&api, &mission, &oscar, "made on OTS").await, "OTS created the mission");
     let guid = ots.mission(&mission).await["data"][0]["guid"].as_str().unwrap().to_owned();
     // an item by CoT, one through the API, then that one removed
     let (i1, i2) = (format!("ITEM-1-{t}"), format!("ITEM-2-{t}"));
@@ -199,7 +199,7 @@ async fn opentakserver_to_opentakserver_over_takgate_federation() {
     // a mission made on OTS a, with an item, appears on OTS b with the item once
     let mission = format!("seed-{t}");
     let api_a = takgate::transport::ots::api::Api::new(&ots_a.api(), &std::fs::read_to_string(ots_a.service_cert()).unwrap()).unwrap();
-    api_a.ensure_mission(&mission, &oscar, "public", "seed").await.unwrap();
+    ots_a.make_mission(&api_a, &mission, &oscar, "seed").await;
     let i1 = format!("SEED-ITEM-1-{t}");
     o.send(&item(&i1, Some(&mission))).await;
     let mut uids = vec![];
@@ -252,23 +252,17 @@ async fn a_file_added_on_opentakserver_a_reaches_opentakserver_b_with_its_bytes(
     let t = tag();
     let mut pki = common::certs::Pki::new("otsfiles");
     let a = gateway(&engine_with_v2(&ots_a, &pki, "")).await;
-    let b_cfg = federate_of(a.local_addr("fed").unwrap(), &mut pki, "").replace("[[link]]\nname = \"c\"", &format!("{}[[link]]\nname = \"c\"", ots_b.link("ots", "ots_poll_secs = 1")));
+    let marti = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let bravo = pki.leaf("bravo", false);
+    let marti_cfg = format!("[marti]\naddress = \"{marti}\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n", pki.path(&pki.server_cert), pki.path(&pki.server_key), pki.path(&pki.ca));
+    let b_cfg = federate_of(a.local_addr("fed").unwrap(), &mut pki, &marti_cfg).replace("[[link]]\nname = \"c\"", &format!("{}[[link]]\nname = \"c\"", ots_b.link("ots", "ots_poll_secs = 1")));
     let b = gateway(&b_cfg).await;
     let oscar = format!("OTS-O-{t}");
     let _o = ots_a.client(&pli(&oscar, &format!("OSCAR{t}"), 1)).await;
     let mission = format!("files-{t}");
     let api_a = takgate::transport::ots::api::Api::new(&ots_a.api(), &std::fs::read_to_string(ots_a.service_cert()).unwrap()).unwrap();
     let api_b = takgate::transport::ots::api::Api::new(&ots_b.api(), &std::fs::read_to_string(ots_b.service_cert()).unwrap()).unwrap();
-    // OTS knows the EUD once its eud_handler has stored it
-    let mut made = Err(String::new());
-    for _ in 0..20 {
-        made = api_a.ensure_mission(&mission, &oscar, "public", "files").await.map_err(|e| e.to_string());
-        if made.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    made.unwrap();
+    ots_a.make_mission(&api_a, &mission, &oscar, "files").await;
     let bytes: Vec<u8> = format!("situation report {t}\n").repeat(2000).into_bytes();
     let name = format!("sitrep-{t}.txt");
     let hash = api_a.upload(&name, &oscar, "text/plain", bytes.clone()).await.unwrap();
@@ -289,6 +283,27 @@ async fn a_file_added_on_opentakserver_a_reaches_opentakserver_b_with_its_bytes(
     }
     assert_eq!(listed, [hash.clone()], "OTS b's Data Sync lists the file");
     assert_eq!(api_b.content(&hash).await.unwrap(), bytes, "and serves the same bytes");
+    // A log entry a client of takgate B writes (B's Marti API) goes into OTS b's copy of the
+    // mission (B's engine made it there, so it holds the token), once: OTS b announces it back,
+    // B reads OTS b's log and knows its own entry. It reaches takgate A too; OTS a's mission was
+    // made by an OTS user, and OTS 1.7.14 gives takgate no token to write into it.
+    let note = format!("log from bravo {t}");
+    let entry = serde_json::json!({"content": note, "creatorUid": "ANDROID-BRAVO", "missionNames": [mission], "dtg": CotTime::now().to_string(), "keywords": ["sitrep"]});
+    let args = vec!["--port".to_string(), marti.port().to_string(), "--ca".into(), pki.path(&pki.ca), "--cert".into(), pki.path(&bravo.0), "--key".into(), pki.path(&bravo.1), serde_json::json!([{"method": "POST", "path": "/Marti/api/missions/logs/entries", "json": entry}]).to_string()];
+    let r = common::py::run_script("marti_client.py", args, 60.0).await;
+    assert_eq!(r.events.first().and_then(|e| e["status"].as_i64()), Some(201), "{:?} {}", r.events, r.stderr);
+    let mut rows = vec![];
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rows = ots_b.query(&format!("select content from mission_logs where mission_name = '{mission}'"));
+        if !rows.is_empty() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ots_b.query(&format!("select content from mission_logs where mission_name = '{mission}'")), [note.clone()], "OTS b has the entry once: {rows:?}");
+    assert_eq!(b.store().logs(&mission).unwrap().len(), 1, "B did not take its own entry back from OTS b as a new one");
+    assert!(eventually(10.0, || a.store().logs(&mission).unwrap().iter().any(|l| l.content == note)).await, "A has it");
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -217,11 +217,15 @@ pub struct MissionsConfig {
     /// In a replay window, files up to this size go with their bytes; larger ones as
     /// metadata only (default 64 MiB).
     pub replay_max_file_bytes: u64,
+    /// Relay what one federate sends (mission changes, files, log entries) to the other
+    /// federates whose mission policy wants it, never back to its origin (default true; TAK
+    /// Server itself never relays).
+    pub relay: bool,
 }
 
 impl Default for MissionsConfig {
     fn default() -> Self {
-        MissionsConfig { replay_hours: 12.0, allow_federated_delete: false, max_file_bytes: crate::missions::files::DEFAULT_MAX_FILE_BYTES, replay_max_file_bytes: 64 << 20 }
+        MissionsConfig { replay_hours: 12.0, allow_federated_delete: false, max_file_bytes: crate::missions::files::DEFAULT_MAX_FILE_BYTES, replay_max_file_bytes: 64 << 20, relay: true }
     }
 }
 

@@ -74,6 +74,26 @@ pub fn announcement_of(c: &Change, file: Option<&FileMeta>) -> CotEvent {
     ev.point.le = 9_999_999.0;
     let mut d = Vec::new();
     let esc = |s: &str, d: &mut Vec<u8>| fragment::escape_attr(s, d);
+    if matches!(c.change_type, ChangeType::AddUpdateLogEntry | ChangeType::DeleteLogEntry) {
+        // A log change is a notice (OpenTAKServer's `t-x-m-c-l`): clients read the log from
+        // the Marti API.
+        ev.cot_type = "t-x-m-c-l".into();
+        let meta = c.mission_meta.clone().unwrap_or_default();
+        d.extend_from_slice(b"<mission type=\"CHANGE\" tool=\"");
+        esc(if meta.tool.is_empty() { "public" } else { &meta.tool }, &mut d);
+        d.extend_from_slice(b"\" name=\"");
+        esc(&c.mission, &mut d);
+        d.extend_from_slice(b"\" authorUid=\"");
+        esc(&c.creator_uid, &mut d);
+        // which entry changed, for takgate's own links (OpenTAKServer's engine)
+        d.extend_from_slice(b"\"/><takgateLogChange type=\"");
+        d.extend_from_slice(c.change_type.as_str().as_bytes());
+        d.extend_from_slice(b"\" entryUid=\"");
+        esc(&c.content_uid, &mut d);
+        d.extend_from_slice(b"\"/>");
+        ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
+        return ev;
+    }
     d.extend_from_slice(b"<mission type=\"");
     d.extend_from_slice(match c.change_type {
         ChangeType::CreateMission => "CREATE",

@@ -13,7 +13,7 @@ use crate::cot::{fragment, CotEvent, CotTime};
 use crate::federation::fig::Rol;
 use crate::link::{log_bad_input, LinkCounters};
 use crate::router::{FedMeta, Message};
-use crate::store::{now_ms, Change, ChangeType, FileMeta, StoreError};
+use crate::store::{now_ms, Change, ChangeType, FileMeta, LogEntry, StoreError};
 use crate::sync::lock;
 
 /// Why content from a local client was not added or removed.
@@ -212,6 +212,25 @@ impl Missions {
         Ok(n)
     }
 
+    /// Adds, edits or (`delete`) removes a mission log entry for a local client (Marti's
+    /// `logs/entries`, or OpenTAKServer's log): a local change, queued for federates and
+    /// announced. False: it changed nothing.
+    pub async fn local_log(&self, entry: LogEntry, delete: bool) -> Result<bool, LocalContentError> {
+        self.local_log_from(entry, delete, self.id).await
+    }
+
+    /// [`Missions::local_log`] of an entry that came from link `origin` (OpenTAKServer's
+    /// log), whose announcement is not sent back to it.
+    pub async fn local_log_from(&self, entry: LogEntry, delete: bool, origin: crate::router::LinkId) -> Result<bool, LocalContentError> {
+        if !self.store.mission_exists(&entry.mission)? {
+            return Err(LocalContentError::NoMission(entry.mission.clone()));
+        }
+        let t = if delete { ChangeType::DeleteLogEntry } else { ChangeType::AddUpdateLogEntry };
+        let meta = self.store.mission_meta(&entry.mission)?.map(|(_, m)| m);
+        let c = Change { content_uid: entry.entry_uid.clone(), creator_uid: entry.creator_uid.clone(), ts_ms: now_ms(), mission_meta: meta, ..Change::new(&entry.mission, t) };
+        Ok(self.local_change_from(Change { log_entry: Some(entry), ..c }, origin).await?)
+    }
+
     /// Creates a mission for a local client (a local CREATE_MISSION); false when it exists.
     pub async fn create_local_mission(&self, name: &str, creator: &str, meta: crate::store::MissionMeta) -> Result<bool, StoreError> {
         let c = Change { creator_uid: creator.to_owned(), ts_ms: now_ms(), mission_meta: Some(meta), ..Change::new(name, ChangeType::CreateMission) };
@@ -220,12 +239,16 @@ impl Missions {
 
     /// Records, applies, queues and announces one local change; false when it would change nothing.
     async fn local_change(&self, c: Change) -> Result<bool, StoreError> {
+        self.local_change_from(c, self.id).await
+    }
+
+    async fn local_change_from(&self, c: Change, origin: crate::router::LinkId) -> Result<bool, StoreError> {
         if !self.effective(&c)? {
             return Ok(false);
         }
         self.apply_to_missions(&c)?;
         let Some(id) = self.record_local_with(None, c.clone())? else { return Ok(false) };
-        self.announce(&Change { id, ..c }).await;
+        self.announce_from(&Change { id, ..c }, origin).await;
         Ok(true)
     }
 }

@@ -123,6 +123,9 @@ pub struct Missions {
     pub files: Arc<FileStore>,
     /// Files larger than this go without their bytes in a replay window.
     pub replay_max_file_bytes: u64,
+    /// Changes (and files) from a federate are queued for the other federates that want
+    /// them (TAK Server never relays ROL; a gateway between servers does).
+    pub relay: bool,
     /// The public base URL of our Marti API (`https://host:port/Marti`), where local
     /// clients download files; None: no Marti listener.
     pub marti_url: std::sync::Mutex<Option<String>>,
@@ -163,6 +166,7 @@ impl Missions {
             counters: Arc::default(),
             files,
             replay_max_file_bytes: cfg.replay_max_file_bytes,
+            relay: cfg.relay,
             marti_url: std::sync::Mutex::new(None),
         });
         let (tx, mut rx) = mpsc::channel::<Arc<Message>>(65_536);
@@ -230,6 +234,9 @@ impl Missions {
             ChangeType::DeleteMission => s.mission_exists(&c.mission)?,
             ChangeType::AddContent => (!c.content_uid.is_empty() && !s.has_item(&c.mission, &c.content_uid)?) || (!c.content_hash.is_empty() && !s.has_hash(&c.mission, &c.content_hash)?),
             ChangeType::RemoveContent => (!c.content_uid.is_empty() && s.has_item(&c.mission, &c.content_uid)?) || (!c.content_hash.is_empty() && s.has_hash(&c.mission, &c.content_hash)?),
+            ChangeType::AddUpdateLogEntry => c.log_entry.as_ref().is_some_and(|e| s.log(&e.entry_uid).ok().flatten().as_ref() != Some(e)),
+            ChangeType::DeleteLogEntry => s.log(&c.content_uid)?.is_some(),
+            ChangeType::Relayed => true,
             ChangeType::CreateDataFeed | ChangeType::DeleteDataFeed => true,
         })
     }
@@ -263,6 +270,16 @@ impl Missions {
                     s.remove_hash(&c.mission, &c.content_hash)?;
                 }
             }
+            ChangeType::AddUpdateLogEntry => {
+                if let Some(e) = &c.log_entry {
+                    s.ensure_mission(&c.mission, "", &meta)?;
+                    s.upsert_log(e)?;
+                }
+            }
+            ChangeType::DeleteLogEntry => {
+                s.delete_log(&c.content_uid)?;
+            }
+            ChangeType::Relayed => {}
             ChangeType::CreateDataFeed | ChangeType::DeleteDataFeed => {}
         }
         Ok(())
@@ -282,7 +299,7 @@ impl Missions {
     /// Applies a ROL a federate sent: each change it carries is recorded once (as a
     /// federated change, never sent back out), applied, and announced to local links as
     /// `t-x-m-c` with `groups` (the local groups the federate's `federateGroups` map to).
-    pub async fn apply_rol(&self, federate: &str, rol: &Rol, groups: &[String]) -> Vec<Applied> {
+    pub async fn apply_rol(&self, federate: &str, origin: Option<i64>, rol: &Rol, groups: &[String]) -> Vec<Applied> {
         match rol::statement(rol) {
             Some(("create", "resource")) => return vec![self.apply_resource(federate, rol).await],
             Some(("announce", "package")) => return vec![self.apply_package(federate, rol, groups).await],
@@ -302,12 +319,12 @@ impl Missions {
             // A change without a date is stamped when it arrived.
             let ts_ms = if c.ts_ms > 0 { c.ts_ms } else { received };
             let c = Change { is_federated: true, origin_federate: Some(federate.to_owned()), groups: groups.to_vec(), ts_ms, ..c };
-            out.push(self.apply_federated(federate, c).await);
+            out.push(self.apply_federated(federate, origin, c).await);
         }
         out
     }
 
-    async fn apply_federated(&self, federate: &str, c: Change) -> Applied {
+    async fn apply_federated(&self, federate: &str, origin: Option<i64>, c: Change) -> Applied {
         if c.change_type.is_delete() && !self.allow_federated_delete {
             tracing::info!(%federate, mission = %c.mission, change = %c.change_type, "federated delete not applied (missions.allow_federated_delete = false)");
             return Applied::Ignored("federated deletes are not allowed".into());
@@ -315,7 +332,7 @@ impl Missions {
         if let Some(why) = self.file_missing(&c) {
             return Applied::Ignored(why);
         }
-        let recorded = self.effective(&c).and_then(|yes| if yes { self.store.record_change(&c) } else { Ok(None) });
+        let recorded = self.effective(&c).and_then(|yes| if yes { self.record_federated(origin, &c) } else { Ok(None) });
         match recorded {
             Ok(None) => Applied::Duplicate,
             Ok(Some(id)) => {
@@ -324,7 +341,9 @@ impl Missions {
                 }
                 LinkCounters::inc(&self.counters.events_in);
                 let c = Change { id, ..c };
-                self.announce(&c).await;
+                if c.change_type != ChangeType::Relayed {
+                    self.announce(&c).await;
+                }
                 Applied::Recorded(c)
             }
             Err(e) => {
@@ -334,11 +353,31 @@ impl Missions {
         }
     }
 
+    /// Records a federated change once; with `relay`, queued for the other federates that
+    /// want its mission (never the one it came from).
+    fn record_federated(&self, origin: Option<i64>, c: &Change) -> Result<Option<i64>, StoreError> {
+        if !self.relay {
+            return self.store.record_change(c);
+        }
+        let servers: Vec<i64> = self.store.servers()?.iter().filter(|s| Some(s.id) != origin && wants(s, &c.mission)).map(|s| s.id).collect();
+        let id = self.store.record_change_queued(None, c, &servers)?;
+        if id.is_some() && !servers.is_empty() {
+            tracing::debug!(mission = %c.mission, change = %c.change_type, relayed_to = servers.len(), "federated change relayed");
+            self.notify.notify_waiters();
+        }
+        Ok(id)
+    }
+
     /// Routes a `t-x-m-c` announcement of a federated change `c` to local links (and the
     /// RabbitMQ bridge), in the groups the federate gave it; never back to federates.
     pub(crate) async fn announce(&self, c: &Change) {
+        self.announce_from(c, self.id).await
+    }
+
+    /// [`Missions::announce`] as if it came from link `origin` (which is not told again).
+    pub(crate) async fn announce_from(&self, c: &Change, origin: LinkId) {
         let file = if c.content_hash.is_empty() { None } else { self.files.meta(&c.content_hash).ok().flatten() };
-        let mut m = Message::new(announce::announcement_of(c, file.as_ref()), self.id);
+        let mut m = Message::new(announce::announcement_of(c, file.as_ref()), origin);
         m.from_federate = true;
         m.fed = Some(Box::new(FedMeta { provenance: vec![], hops: 0, max_hops: -1, groups: c.groups.clone() }));
         if self.router.route(Arc::new(m)).await {
@@ -377,7 +416,7 @@ impl Missions {
     /// Queues the replay window for a server seen for the first time.
     pub fn replay_for(&self, server_id: i64) -> Result<usize, StoreError> {
         let since = now_ms() - self.replay_window.as_millis() as i64;
-        let n = self.store.enqueue_since(server_id, since)?;
+        let n = self.store.enqueue_since(server_id, since, self.relay)?;
         if n > 0 {
             tracing::info!(server_id, changes = n, "queued the replay window for a new federate");
         }

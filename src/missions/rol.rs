@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::cot::CotTime;
 use crate::federation::fig::{BinaryBlob, BinaryTypes, Rol};
-use crate::store::{Change, ChangeType, FileMeta, MissionMeta};
+use crate::store::{Change, ChangeType, FileMeta, LogEntry, MissionMeta};
 
 /// Description TAK Server gives the CoT payload of an ADD_CONTENT ROL.
 pub const COT_PAYLOAD: &str = "tak.server.cot.CotEventContainer";
@@ -90,9 +90,57 @@ pub fn to_rol(c: &Change, groups: &[String]) -> Option<Rol> {
             }
             ("update mission", p)
         }
+        ChangeType::AddUpdateLogEntry | ChangeType::DeleteLogEntry => {
+            let e = c.log_entry.clone().unwrap_or_else(|| LogEntry { entry_uid: c.content_uid.clone(), mission: c.mission.clone(), creator_uid: c.creator_uid.clone(), ..Default::default() });
+            ("update mission", json!({"id": e.entry_uid, "logEntry": log_entry_json(&e), "created": c.ts_ms, "missionUpdateDetailsForLogEntryType": c.change_type.as_str()}))
+        }
+        ChangeType::Relayed => return Some(Rol { program: c.cot_xml.clone(), ..Default::default() }),
         ChangeType::CreateDataFeed | ChangeType::DeleteDataFeed => return None,
     };
     Some(Rol { program: format!("{op}\n{params};"), payload, ..Default::default() })
+}
+
+/// TAK's `LogEntry` JSON (its three dates as `yyyy-MM-dd'T'HH:mm:ss.SSS'Z'` strings).
+pub fn log_entry_json(e: &LogEntry) -> Value {
+    let t = |ms: i64| CotTime(ms).to_string();
+    json!({
+        "id": e.entry_uid, "content": e.content, "creatorUid": e.creator_uid, "missionNames": [e.mission],
+        "servertime": t(e.servertime_ms), "entryUid": e.entry_uid, "dtg": t(e.dtg_ms), "created": t(e.created_ms),
+        "contentHashes": e.content_hashes, "keywords": e.keywords,
+    })
+}
+
+/// A `LogEntry` as TAK (or a client, or OpenTAKServer) writes it; `mission` from its first
+/// mission name, as TAK routes it.
+pub fn parse_log_entry(le: &Value) -> LogEntry {
+    let s = |k: &str| le.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let list = |k: &str| -> Vec<String> { le.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default() };
+    let uid = Some(s("entryUid")).filter(|u| !u.is_empty()).unwrap_or_else(|| s("id"));
+    LogEntry {
+        entry_uid: uid,
+        mission: list("missionNames").into_iter().next().unwrap_or_default(),
+        content: s("content"),
+        creator_uid: s("creatorUid"),
+        dtg_ms: date(le.get("dtg")),
+        created_ms: date(le.get("created")),
+        servertime_ms: date(le.get("servertime")),
+        content_hashes: list("contentHashes"),
+        keywords: list("keywords"),
+    }
+}
+
+/// A MissionUpdateDetailsForLogEntry read back as a change.
+fn log_change(v: &Value) -> Option<Change> {
+    let t = match v.get("missionUpdateDetailsForLogEntryType").and_then(Value::as_str)? {
+        "ADD_UPDATE_LOG_ENTRY" => ChangeType::AddUpdateLogEntry,
+        "DELETE_LOG_ENTRY" => ChangeType::DeleteLogEntry,
+        _ => return None,
+    };
+    let mut e = parse_log_entry(v.get("logEntry").unwrap_or(&Value::Null));
+    if e.entry_uid.is_empty() {
+        e.entry_uid = v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    }
+    Some(Change { content_uid: e.entry_uid.clone(), creator_uid: e.creator_uid.clone(), ts_ms: date(v.get("created")), ..Change::new(&e.mission, t) }).map(|c| Change { log_entry: Some(e), ..c })
 }
 
 /// The changes a ROL program describes: one per content item (TAK sends whole lists);
@@ -107,10 +155,13 @@ pub fn parse_rol(rol: &Rol) -> Result<Vec<Change>, String> {
     let body = body.strip_suffix(';').unwrap_or(body).trim();
     let words: Vec<&str> = head.split_whitespace().collect();
     let [op, resource] = words[..] else { return Err(format!("statement {head:?} is not `<operation> <resource>`")) };
-    if resource != "mission" {
+    if resource != "mission" && resource != "data_feed" {
         return Ok(vec![]);
     }
     let v: Value = serde_json::from_str(body).map_err(|e| format!("parameters of {head:?}: {e}"))?;
+    if let Some(c) = kept_as_received(op, resource, &v) {
+        return Ok(vec![c]);
+    }
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let meta = |name_key: &str| MissionMeta { guid: s("guid"), tool: s(name_key), description: s(if name_key == "tool" { "description" } else { "missionDescription" }), chat_room: s(if name_key == "tool" { "chatRoom" } else { "missionChatRoom" }) };
     let changes = match op {
@@ -118,6 +169,7 @@ pub fn parse_rol(rol: &Rol) -> Result<Vec<Change>, String> {
             let t = if op == "create" { ChangeType::CreateMission } else { ChangeType::DeleteMission };
             vec![Change { creator_uid: s("creatorUid"), mission_meta: Some(meta("tool")), ..Change::new(&s("name"), t) }]
         }
+        "update" if v.get("missionUpdateDetailsForLogEntryType").is_some() => log_change(&v).into_iter().collect(),
         "update" => {
             let t = match s("changeType").as_str() {
                 "ADD_CONTENT" => ChangeType::AddContent,
@@ -133,10 +185,33 @@ pub fn parse_rol(rol: &Rol) -> Result<Vec<Change>, String> {
         }
         _ => return Ok(vec![]),
     };
-    if changes.first().is_some_and(|c| c.mission.is_empty()) {
+    if changes.first().is_some_and(|c| c.mission.is_empty() && c.change_type != ChangeType::Relayed) {
         return Err(format!("{head:?} names no mission"));
     }
     Ok(changes)
+}
+
+/// Map layers, mission layers, external data (an `update mission` with one of their types).
+const LAYER_TYPES: &[&str] = &["ADD_MAPLAYER_TO_MISSION", "UPDATE_MAPLAYER", "REMOVE_MAPLAYER_FROM_MISSION", "ADD_MISSION_LAYER_TO_MISSION", "REMOVE_MISSION_LAYER_FROM_MISSION"];
+
+/// A ROL takgate keeps and relays as it came (mission hierarchy, map and mission layers,
+/// external data, data feeds): a [`ChangeType::Relayed`] change whose program is the
+/// statement re-written from its parsed JSON (so it is well formed), its content uid the
+/// program's hash (the same program is kept once), its date 0.
+fn kept_as_received(op: &str, resource: &str, v: &Value) -> Option<Change> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let kept = match (op, resource) {
+        ("create" | "update" | "delete", "data_feed") => v.get("type").and_then(Value::as_str) == Some("DataFeedMetadata"),
+        ("assign", "mission") => v.get("missionName").is_some() && v.get("parentMissionName").is_some(),
+        ("update", "mission") => v.get("missionUpdateDetailsForExternalDataType").is_some() || v.get("type").and_then(Value::as_str).is_some_and(|t| LAYER_TYPES.contains(&t)),
+        _ => false,
+    };
+    if !kept {
+        return None;
+    }
+    let program = format!("{op} {resource}\n{v};");
+    let id = super::files::sha256_hex(program.as_bytes());
+    Some(Change { content_uid: format!("rol-{}", &id[..32]), creator_uid: s("creatorUid"), cot_xml: program, ..Change::new(&s("missionName"), ChangeType::Relayed) })
 }
 
 /// The `<operation> <resource>` of a ROL program (lowercase as TAK writes them).
@@ -308,6 +383,34 @@ mod tests {
     }
 
     #[test]
+    fn log_entries_round_trip_in_takes_shape() {
+        let e = LogEntry { entry_uid: "e-1".into(), mission: "ops".into(), content: "contact at 0600".into(), creator_uid: "ANDROID-1".into(), dtg_ms: 1_700_000_000_000, created_ms: 1_700_000_000_100, servertime_ms: 1_700_000_000_200, content_hashes: vec![], keywords: vec!["sitrep".into()] };
+        for t in [ChangeType::AddUpdateLogEntry, ChangeType::DeleteLogEntry] {
+            let c = Change { content_uid: "e-1".into(), creator_uid: "ANDROID-1".into(), ts_ms: 1_700_000_000_300, log_entry: Some(e.clone()), ..Change::new("ops", t) };
+            let rol = to_rol(&c, &[]).unwrap();
+            assert!(rol.program.starts_with("update mission\n{") && rol.program.contains(&format!("\"missionUpdateDetailsForLogEntryType\":\"{t}\"")), "{}", rol.program);
+            assert!(rol.program.contains("\"dtg\":\"2023-11-14T22:13:20.000Z\""), "{}", rol.program);
+            let back = parse_rol(&rol).unwrap();
+            assert_eq!(back, vec![Change { id: 0, ..c }]);
+        }
+    }
+
+    #[test]
+    fn what_takgate_does_not_model_is_kept_and_relayed_as_it_came() {
+        let r = |p: &str| parse_rol(&Rol { program: p.into(), ..Default::default() }).unwrap();
+        let assign = r("assign mission\n{\"missionName\":\"child\",\"parentMissionName\":\"ops\"};");
+        assert_eq!((assign[0].change_type, assign[0].mission.as_str(), assign[0].ts_ms), (ChangeType::Relayed, "child", 0));
+        let back = to_rol(&assign[0], &[]).unwrap();
+        assert_eq!(back.program, "assign mission\n{\"missionName\":\"child\",\"parentMissionName\":\"ops\"};");
+        let feed = r("create data_feed\n{\"type\":\"DataFeedMetadata\",\"missionName\":\"\",\"dataFeedUid\":\"f1\",\"feedName\":\"ais\"};");
+        assert_eq!((feed[0].change_type, feed[0].mission.as_str()), (ChangeType::Relayed, ""), "a feed of no mission");
+        let layer = r("update mission\n{\"missionName\":\"ops\",\"type\":\"ADD_MAPLAYER_TO_MISSION\",\"creatorUid\":\"c\"};");
+        assert_eq!(layer[0].creator_uid, "c");
+        assert_ne!(layer[0].content_uid, assign[0].content_uid);
+        assert_eq!(r("assign mission\n{\"missionName\":\"ops\",\"missionExpiration\":5};"), vec![], "expiration: TAK itself cannot read it");
+    }
+
+    #[test]
     fn resources_and_packages_round_trip() {
         let f = FileMeta { hash: "ab".repeat(32), name: "map.kmz".into(), mime: "application/vnd.google-earth.kmz".into(), size: 3, submitter: "alice".into(), creator_uid: "ANDROID-1".into(), keywords: vec!["missionpackage".into()], submitted_ms: 1_712_318_400_005, ..Default::default() };
         let rol = resource_rol(&f, Some(b"abc".to_vec()));
@@ -328,7 +431,8 @@ mod tests {
     #[test]
     fn rol_errors_and_other_resources() {
         let r = |p: &str| parse_rol(&Rol { program: p.into(), ..Default::default() });
-        assert_eq!(r("create data_feed\n{\"type\":\"DataFeedMetadata\"};"), Ok(vec![]));
+        assert_eq!(r("create federate\n{\"name\":\"x\"};"), Ok(vec![]));
+        assert_eq!(r("create data_feed\n{\"type\":\"DataFeedMetadata\"};").unwrap()[0].change_type, ChangeType::Relayed);
         assert_eq!(r("update mission\n{\"changeType\":\"LOG\",\"missionName\":\"m\"};"), Ok(vec![]));
         assert!(r("update mission").is_err());
         assert!(r("update mission\n{not json};").unwrap_err().contains("parameters"));

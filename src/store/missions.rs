@@ -5,11 +5,12 @@ use rusqlite::{params, OptionalExtension};
 use super::types::{Change, Mission, MissionMeta};
 use super::{Store, StoreError};
 
-pub(super) const CHANGE_COLS: &str = "c.id, c.mission_name, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated_change, c.origin_federate, c.cot_xml, c.meta, c.groups";
+pub(super) const CHANGE_COLS: &str = "c.id, c.mission_name, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated_change, c.origin_federate, c.cot_xml, c.meta, c.groups, c.log_entry";
 
 pub(super) fn change_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Change> {
     let meta: String = r.get(at + 10)?;
     let groups: String = r.get(at + 11)?;
+    let log: String = r.get(at + 12)?;
     Ok(Change {
         id: r.get(at)?,
         mission: r.get(at + 1)?,
@@ -23,17 +24,19 @@ pub(super) fn change_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<C
         cot_xml: r.get(at + 9)?,
         mission_meta: (!meta.is_empty()).then(|| serde_json::from_str(&meta).ok()).flatten(),
         groups: serde_json::from_str(&groups).unwrap_or_default(),
+        log_entry: (!log.is_empty()).then(|| serde_json::from_str(&log).ok()).flatten(),
     })
 }
 
-/// The change's metadata and groups as stored (JSON text, '' when empty).
-pub(super) fn change_extras(c: &Change) -> (String, String) {
+/// The change's metadata, groups and log entry as stored (JSON text, '' when empty).
+pub(super) fn change_extras(c: &Change) -> (String, String, String) {
     let meta = c.mission_meta.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()).unwrap_or_default();
     let groups = if c.groups.is_empty() { String::new() } else { serde_json::to_string(&c.groups).unwrap_or_default() };
-    (meta, groups)
+    let log = c.log_entry.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default()).unwrap_or_default();
+    (meta, groups, log)
 }
 
-pub(super) const INSERT_CHANGE: &str = "INSERT OR IGNORE INTO mission_changes (mission_name, change_type, content_uid, content_hash, creator_uid, ts_ms, is_federated_change, origin_federate, cot_xml, meta, groups) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)";
+pub(super) const INSERT_CHANGE: &str = "INSERT OR IGNORE INTO mission_changes (mission_name, change_type, content_uid, content_hash, creator_uid, ts_ms, is_federated_change, origin_federate, cot_xml, meta, groups, log_entry) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)";
 
 impl Store {
     /// Creates the mission when it does not exist (or was deleted); true when created.
@@ -114,8 +117,8 @@ impl Store {
     /// content, timestamp) is already recorded.
     pub fn record_change(&self, c: &Change) -> Result<Option<i64>, StoreError> {
         let db = self.db();
-        let (meta, groups) = change_extras(c);
-        let n = db.execute(INSERT_CHANGE, params![c.mission, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated, c.origin_federate, c.cot_xml, meta, groups])?;
+        let (meta, groups, log) = change_extras(c);
+        let n = db.execute(INSERT_CHANGE, params![c.mission, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated, c.origin_federate, c.cot_xml, meta, groups, log])?;
         Ok((n > 0).then(|| db.last_insert_rowid()))
     }
 

@@ -9,10 +9,11 @@
 //! hold the connection's mutex for well under a millisecond.
 //!
 //! * [`types`]: what is stored, with enums for kinds and states;
-//! * [`servers`], [`missions`], [`files`], [`queue`], [`hub`]: the queries, one area each.
+//! * [`servers`], [`missions`], [`files`], [`logs`], [`queue`], [`hub`]: the queries, one area each.
 
 pub mod files;
 pub mod hub;
+pub mod logs;
 pub mod missions;
 pub mod queue;
 pub mod servers;
@@ -23,10 +24,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension};
 
-pub use types::{Change, ChangeType, FileMeta, Direction, Mission, MissionMeta, Pending, Protocol, QueueStats, Server, ServerStatus, Source};
+pub use types::{Change, ChangeType, FileMeta, LogEntry, Direction, Mission, MissionMeta, Pending, Protocol, QueueStats, Server, ServerStatus, Source};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 const SCHEMA_V1: &str = include_str!("../../schema.sql");
 /// Migrations from version N to N+1, in order (index 0: 1 -> 2).
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +72,46 @@ const MIGRATIONS: &[&str] = &[
          origin       TEXT NOT NULL DEFAULT ''
      );
      ALTER TABLE outbound_queue ADD COLUMN replay INTEGER NOT NULL DEFAULT 0;",
+    // 5: mission log entries (their current state), and the entry a log change carried; the
+    // change table is rebuilt for its new change types (SQLite cannot alter a CHECK; foreign
+    // keys are off while migrating, so the queue that references it is kept).
+    "CREATE TABLE IF NOT EXISTS mission_logs (
+         entry_uid      TEXT PRIMARY KEY,
+         mission_name   TEXT NOT NULL,
+         content        TEXT NOT NULL DEFAULT '',
+         creator_uid    TEXT NOT NULL DEFAULT '',
+         dtg_ms         INTEGER NOT NULL DEFAULT 0,
+         created_ms     INTEGER NOT NULL DEFAULT 0,
+         servertime_ms  INTEGER NOT NULL DEFAULT 0,
+         content_hashes TEXT NOT NULL DEFAULT '[]',
+         keywords       TEXT NOT NULL DEFAULT '[]'
+     );
+     CREATE INDEX IF NOT EXISTS mission_logs_mission ON mission_logs (mission_name);
+     CREATE TABLE mission_changes_v5 (
+         id                  INTEGER PRIMARY KEY,
+         mission_name        TEXT NOT NULL,
+         change_type         TEXT NOT NULL CHECK (change_type IN (
+                                 'CREATE_MISSION', 'DELETE_MISSION', 'ADD_CONTENT', 'REMOVE_CONTENT',
+                                 'CREATE_DATA_FEED', 'DELETE_DATA_FEED', 'CHANGE',
+                                 'ADD_UPDATE_LOG_ENTRY', 'DELETE_LOG_ENTRY', 'ROL')),
+         content_uid         TEXT NOT NULL DEFAULT '',
+         content_hash        TEXT NOT NULL DEFAULT '',
+         creator_uid         TEXT NOT NULL DEFAULT '',
+         ts_ms               INTEGER NOT NULL,
+         received_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+         is_federated_change INTEGER NOT NULL DEFAULT 0,
+         origin_federate     TEXT,
+         cot_xml             TEXT NOT NULL DEFAULT '',
+         meta                TEXT NOT NULL DEFAULT '',
+         groups              TEXT NOT NULL DEFAULT '',
+         log_entry           TEXT NOT NULL DEFAULT '',
+         UNIQUE (mission_name, change_type, content_uid, content_hash, ts_ms)
+     );
+     INSERT INTO mission_changes_v5 (id, mission_name, change_type, content_uid, content_hash, creator_uid, ts_ms, received_at, is_federated_change, origin_federate, cot_xml, meta, groups)
+         SELECT id, mission_name, change_type, content_uid, content_hash, creator_uid, ts_ms, received_at, is_federated_change, origin_federate, cot_xml, meta, groups FROM mission_changes;
+     DROP TABLE mission_changes;
+     ALTER TABLE mission_changes_v5 RENAME TO mission_changes;
+     CREATE INDEX IF NOT EXISTS mission_changes_by_mission ON mission_changes (mission_name, id);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +166,8 @@ impl Store {
         if version == 0 {
             conn.pragma_update(None, "user_version", 1)?;
         }
+        // A migration that rebuilds a table must not cascade into the tables referencing it.
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
         for (i, m) in MIGRATIONS.iter().enumerate() {
             let to = i as i64 + 2;
             if version.max(1) < to {
@@ -133,6 +176,7 @@ impl Store {
                 tx.commit()?;
             }
         }
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(Store { conn: Mutex::new(conn), path: path.to_owned() })
     }
 
@@ -189,10 +233,16 @@ mod tests {
             c.execute_batch(SCHEMA_V1).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute("INSERT INTO mission_changes (mission_name, change_type, content_uid, ts_ms) VALUES ('m', 'ADD_CONTENT', 'u', 5)", []).unwrap();
+            c.execute("INSERT INTO federation_servers (name, direction, protocol) VALUES ('east', 'outbound', 'v2')", []).unwrap();
+            c.execute("INSERT INTO outbound_queue (server_id, change_id) VALUES (1, 1)", []).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.all_changes().unwrap()[0].content_uid, "u");
+        assert_eq!(s.all_pending(10).unwrap().len(), 1, "the queue survives the rebuild of the change table");
+        let log = Change { content_uid: "e1".into(), ts_ms: 6, log_entry: Some(crate::store::LogEntry { entry_uid: "e1".into(), ..Default::default() }), ..Change::new("m", ChangeType::AddUpdateLogEntry) };
+        assert!(s.record_change(&log).unwrap().is_some(), "the new change types are accepted");
+        assert_eq!(s.all_changes().unwrap()[1].log_entry.as_ref().map(|l| l.entry_uid.as_str()), Some("e1"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -26,8 +26,8 @@ impl Store {
                 return Ok(None);
             }
         }
-        let (meta, groups) = change_extras(c);
-        let n = tx.execute(INSERT_CHANGE, params![c.mission, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated, c.origin_federate, c.cot_xml, meta, groups])?;
+        let (meta, groups, log) = change_extras(c);
+        let n = tx.execute(INSERT_CHANGE, params![c.mission, c.change_type, c.content_uid, c.content_hash, c.creator_uid, c.ts_ms, c.is_federated, c.origin_federate, c.cot_xml, meta, groups, log])?;
         if n == 0 {
             tx.commit()?;
             return Ok(None);
@@ -44,11 +44,13 @@ impl Store {
         Ok(self.db().execute("INSERT OR IGNORE INTO outbound_queue (server_id, change_id) VALUES (?1, ?2)", [server_id, change_id])? > 0)
     }
 
-    /// Queues for `server_id` the local changes since `since_ms` (a replay window).
-    pub fn enqueue_since(&self, server_id: i64, since_ms: i64) -> Result<usize, StoreError> {
+    /// Queues for `server_id` the local changes since `since_ms` (a replay window), and with
+    /// `federated` those received from federates too (a relaying node; a server seen for the
+    /// first time cannot be the origin of any).
+    pub fn enqueue_since(&self, server_id: i64, since_ms: i64, federated: bool) -> Result<usize, StoreError> {
         Ok(self.db().execute(
-            "INSERT OR IGNORE INTO outbound_queue (server_id, change_id, replay) SELECT ?1, id, 1 FROM mission_changes WHERE is_federated_change = 0 AND ts_ms >= ?2 ORDER BY id",
-            params![server_id, since_ms],
+            "INSERT OR IGNORE INTO outbound_queue (server_id, change_id, replay) SELECT ?1, id, 1 FROM mission_changes WHERE (is_federated_change = 0 OR ?3) AND ts_ms >= ?2 ORDER BY id",
+            params![server_id, since_ms, federated],
         )?)
     }
 
@@ -183,8 +185,9 @@ mod tests {
         s.record_change(&change("m", "new", 5_000)).unwrap();
         s.record_change(&Change { is_federated: true, ..change("m", "theirs", 6_000) }).unwrap();
         let (sid, _) = s.upsert_server(&server("east")).unwrap();
-        assert_eq!(s.enqueue_since(sid, 2_000).unwrap(), 1, "only local changes in the window");
+        assert_eq!(s.enqueue_since(sid, 2_000, false).unwrap(), 1, "only local changes in the window");
         assert!(s.pending(sid, 0, 10, now_ms()).unwrap()[0].replay, "marked as a replay");
+        assert_eq!(s.enqueue_since(sid, 2_000, true).unwrap(), 1, "a relaying node replays what federates sent too");
         s.upsert_server(&Server { source: Source::Api, ..server("api-peer") }).unwrap();
         assert_eq!(s.remove_stale_config_servers(&[]).unwrap(), 1);
         assert_eq!(s.servers().unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["api-peer"]);

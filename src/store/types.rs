@@ -111,6 +111,13 @@ words! {
         RemoveContent = "REMOVE_CONTENT",
         CreateDataFeed = "CREATE_DATA_FEED",
         DeleteDataFeed = "DELETE_DATA_FEED",
+        /// A mission log entry added or edited (TAK's MissionUpdateDetailsForLogEntry type).
+        AddUpdateLogEntry = "ADD_UPDATE_LOG_ENTRY",
+        DeleteLogEntry = "DELETE_LOG_ENTRY",
+        /// A ROL takgate does not model (mission hierarchy, map and mission layers, external
+        /// data, data feeds), kept as received and relayed as it came (its program in
+        /// `cot_xml`).
+        Relayed = "ROL",
     }
 }
 
@@ -145,11 +152,29 @@ pub struct Change {
     /// The federation groups a federate gave the change (what we announce it to).
     #[serde(skip)]
     pub groups: Vec<String>,
+    /// A log entry change: the entry as it was then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_entry: Option<LogEntry>,
+}
+
+/// A mission log entry, as TAK's `LogEntry` carries it (times in ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LogEntry {
+    pub entry_uid: String,
+    pub mission: String,
+    pub content: String,
+    pub creator_uid: String,
+    pub dtg_ms: i64,
+    pub created_ms: i64,
+    pub servertime_ms: i64,
+    pub content_hashes: Vec<String>,
+    pub keywords: Vec<String>,
 }
 
 impl Change {
     pub fn new(mission: &str, change_type: ChangeType) -> Change {
-        Change { id: 0, mission: mission.to_owned(), change_type, content_uid: String::new(), content_hash: String::new(), creator_uid: String::new(), ts_ms: 0, is_federated: false, origin_federate: None, cot_xml: String::new(), mission_meta: None, groups: vec![] }
+        Change { id: 0, mission: mission.to_owned(), change_type, content_uid: String::new(), content_hash: String::new(), creator_uid: String::new(), ts_ms: 0, is_federated: false, origin_federate: None, cot_xml: String::new(), mission_meta: None, groups: vec![], log_entry: None }
     }
 }
 

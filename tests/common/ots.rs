@@ -93,6 +93,21 @@ impl Ots {
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
 
+    /// Creates a mission on OTS with `creator`, waiting until OTS knows the EUD (its
+    /// eud_handler stores a new client a moment after its first report); true when created.
+    /// `api` keeps the mission's token for later calls.
+    pub async fn make_mission(&self, api: &takgate::transport::ots::api::Api, name: &str, creator: &str, description: &str) -> bool {
+        let mut last = String::new();
+        for _ in 0..30 {
+            match api.ensure_mission(name, creator, "public", description).await {
+                Ok(created) => return created,
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("OpenTAKServer {} never accepted mission {name} by {creator}: {last}", self.name);
+    }
+
     /// A mission as OpenTAKServer's Marti API shows it.
     pub async fn mission(&self, name: &str) -> serde_json::Value {
         let pem = std::fs::read_to_string(self.service_cert()).unwrap();

@@ -126,6 +126,8 @@ pub struct State {
     pub resources_without_content: u64,
     /// `announce package` parameters (ResourceDetails) received with a sha256.
     pub packages: Vec<Value>,
+    /// Mission log entries by entry uid (`addUpdateLogEntry` / `deleteLogEntry`).
+    pub logs: BTreeMap<String, Value>,
     /// DEADLINE_EXCEEDED sent by the inactivity check.
     pub deadlines: u64,
     pub duplicates: u64,
@@ -600,6 +602,14 @@ impl Svc {
                     None => self.inner.with(|st| st.resources_without_content += 1),
                 }
             }
+            ("update", "mission", Kind::LogEntry) => {
+                let e = v["logEntry"].clone();
+                let uid = e["entryUid"].as_str().or_else(|| e["id"].as_str()).unwrap_or_default().to_owned();
+                match s("missionUpdateDetailsForLogEntryType").as_str() {
+                    "ADD_UPDATE_LOG_ENTRY" => self.inner.with(|st| st.logs.insert(uid, e)),
+                    _ => self.inner.with(|st| st.logs.remove(&uid)),
+                };
+            }
             ("announce", "package", Kind::Package) => {
                 // createPackageAnnounceCot requires a non-empty sha256.
                 if !s("sha256").is_empty() {
@@ -734,9 +744,16 @@ enum Kind {
     Resource,
     /// `ResourceDetails` (a `Parameters` subtype)
     Package,
+    /// `MissionUpdateDetailsForLogEntry`
+    LogEntry,
+    /// `MissionHierarchy` (`assign mission`)
+    MissionHierarchy,
     Other,
 }
 
+const MISSION_HIERARCHY: &[&str] = &["missionName", "parentMissionName"];
+const LOG_UPDATE: &[&str] = &["id", "logEntry", "created", "missionUpdateDetailsForLogEntryType"];
+const LOG_ENTRY: &[&str] = &["id", "content", "creatorUid", "missionNames", "servertime", "entryUid", "dtg", "created", "contentHashes", "keywords"];
 const RESOURCE: &[&str] = &["filename", "keywords", "mimeType", "contentType", "name", "submissionTime", "submitter", "uid", "hash", "size", "creatorUid", "tool", "latitude", "longitude", "altitude", "expiration", "groups"];
 const RESOURCE_DETAILS: &[&str] = &["type", "sha256", "senderUid", "name", "filename", "senderUrl", "tsStored", "sizeInBytes", "senderCallsign", "localPath"];
 
@@ -789,6 +806,28 @@ fn typed(op: &str, res: &str, v: &Value) -> Result<Kind, String> {
             }
         }
         return Ok(Kind::MissionUpdateDetails);
+    }
+    if t.is_none() && op == "assign" && unknown_keys(v, MISSION_HIERARCHY).is_empty() {
+        return Ok(Kind::MissionHierarchy);
+    }
+    // MissionHierarchy, ...ForExternalData, ...ForMapLayer, ...ForMissionLayer each fail on a
+    // log entry's properties; then MissionUpdateDetailsForLogEntry, whose enum and LogEntry
+    // class refuse what they do not know.
+    if t.is_none() && unknown_keys(v, LOG_UPDATE).is_empty() {
+        let bad = unknown_keys(&v["logEntry"], LOG_ENTRY);
+        if !bad.is_empty() {
+            return Err(format!("LogEntry: unrecognized properties {bad:?}"));
+        }
+        let lt = v.get("missionUpdateDetailsForLogEntryType").and_then(Value::as_str).unwrap_or_default();
+        if !["ADD_UPDATE_LOG_ENTRY", "DELETE_LOG_ENTRY"].contains(&lt) {
+            return Err(format!("MissionUpdateDetailsForLogEntryType has no value {lt:?}"));
+        }
+        for k in ["servertime", "dtg", "created"] {
+            if v["logEntry"].get(k).is_some_and(|d| !(d.is_string() || d.is_null())) {
+                return Err(format!("LogEntry.{k}: a date string is expected, got {}", v["logEntry"][k]));
+            }
+        }
+        return Ok(Kind::LogEntry);
     }
     Err(format!("ROL {op} {res} does not have correct parameters: {}", truncate(&v.to_string())))
 }
@@ -1012,6 +1051,13 @@ pub fn create_resource(bytes: &[u8], name: &str) -> (Rol, String) {
     let mut r = rol(format!("create resource\n{p};"));
     r.payload.push(BinaryBlob { data: bytes.to_vec(), ..Default::default() });
     (r, hash)
+}
+
+/// A log entry change as `MissionActionROLConverter` writes it (MissionUpdateDetailsForLogEntry).
+pub fn log_entry(kind: &str, mission: &str, entry_uid: &str, content: &str) -> Rol {
+    let e = serde_json::json!({"id": entry_uid, "content": content, "creatorUid": "ANDROID-TAK", "missionNames": [mission], "servertime": "2026-12-01T10:00:00.000Z", "entryUid": entry_uid, "dtg": "2026-12-01T09:59:00.000Z", "created": "2026-12-01T10:00:00.000Z", "contentHashes": [], "keywords": ["tak"]});
+    let p = serde_json::json!({"id": entry_uid, "logEntry": e, "created": 1_764_583_200_000i64, "missionUpdateDetailsForLogEntryType": kind});
+    rol(format!("update mission\n{p};"))
 }
 
 /// `announce package` as `GroupFederationUtil.generatePackageAnnounceROL` writes it.

@@ -300,7 +300,7 @@ impl ClientIo {
                 let fut = async move { c.client_rol_stream(plain).await };
                 self.spawn_read(call, fut, move |r| {
                     let (sh, remote) = (sh.clone(), remote.clone());
-                    async move { sh.handle_rol(&remote, r).await }
+                    async move { sh.handle_rol(&remote, sh.server_id, r).await }
                 })
                 .await
             }

@@ -83,9 +83,10 @@ impl Shared {
         Arc::new(Shared { s, router, active: Mutex::default(), missions, server_id, serial: AtomicU64::new(1), status: Mutex::new(None) })
     }
 
-    /// A ROL from federate `from`: dropped when it carries our own provenance, else its
-    /// mission changes are applied (in the local groups its federation groups map to).
-    pub(super) async fn handle_rol(&self, from: &str, rol: Rol) {
+    /// A ROL from federate `from` (server row `origin`): dropped when it carries our own
+    /// provenance, else its mission changes are applied (in the local groups its federation
+    /// groups map to).
+    pub(super) async fn handle_rol(&self, from: &str, origin: Option<i64>, rol: Rol) {
         if rol.federate_provenance.iter().any(|p| p.federation_server_id == self.s.node_id) {
             LinkCounters::inc(&self.s.counters.loops);
             return;
@@ -94,7 +95,7 @@ impl Shared {
         LinkCounters::add(&self.s.counters.bytes_in, rol.encoded_len() as u64);
         if let Some(m) = &self.missions {
             let groups = super::shared::inbound_groups(&rol.federate_groups, &self.s);
-            let r = m.apply_rol(from, &rol, &groups).await;
+            let r = m.apply_rol(from, origin, &rol, &groups).await;
             tracing::debug!(link = %self.s.link, federate = from, program = rol.program.lines().next().unwrap_or(""), result = ?r, "ROL applied");
         }
     }

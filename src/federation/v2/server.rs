@@ -241,9 +241,11 @@ impl FederatedChannel for Svc {
     async fn server_rol_stream(&self, request: Request<Streaming<Rol>>) -> Result<Response<Self::ServerROLStreamStream>, Status> {
         let c = &self.0;
         let (sh, name) = (c.sh.clone(), c.name());
+        // the federate's server row: what it sends is never relayed back to it
+        let origin = c.sh.missions.as_ref().and_then(|m| m.inbound_server(&c.sh.s.link, &c.identity.fingerprint, &c.identity.federate_name(), &c.sh.s.policy).ok());
         c.consume(request.into_inner(), Some(Call::ServerRol), move |r: Rol| {
             let (sh, name) = (sh.clone(), name.clone());
-            Box::pin(async move { sh.handle_rol(&name, r).await })
+            Box::pin(async move { sh.handle_rol(&name, origin, r).await })
         });
         Ok(Response::new(then_hold(vec![c.reply()], c.session.clone())))
     }

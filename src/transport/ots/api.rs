@@ -138,9 +138,16 @@ impl Api {
         Ok(status == 201)
     }
 
+    /// The mission token (OpenTAKServer hands it out when its creator makes the mission). A
+    /// mission someone else made on OTS gets none from us: OTS gives its token only to an
+    /// EUD with a user account that subscribes, and its PUT would overwrite the mission's
+    /// fields, so that is refused here rather than done.
     async fn token(&self, name: &str, creator_uid: &str) -> Result<String, ApiError> {
         if let Some(t) = self.tokens.lock().await.get(name) {
             return Ok(t.clone());
+        }
+        if self.mission(name).await.is_ok_and(|v| v["data"].as_array().is_some_and(|d| !d.is_empty())) {
+            return Err(ApiError::Http(name.to_owned(), "the mission was made on OpenTAKServer by someone else: OTS 1.7.14 gives takgate no token for it".into()));
         }
         self.ensure_mission(name, creator_uid, "", "").await?;
         self.tokens.lock().await.get(name).cloned().ok_or_else(|| ApiError::Http(name.to_owned(), "OpenTAKServer returned no mission token".into()))
@@ -180,6 +187,22 @@ impl Api {
         let r = self.call("DELETE", &path, Some(&token), None).await.map(|_| ());
         self.tokens.lock().await.remove(name);
         r
+    }
+
+    /// Adds a log entry to a mission (`POST /Marti/api/missions/logs/entries`, the mission
+    /// token required; OTS gives it its own entry uid).
+    pub async fn add_log(&self, name: &str, creator_uid: &str, e: &crate::store::LogEntry) -> Result<(), ApiError> {
+        let token = self.token(name, creator_uid).await?;
+        let body = serde_json::json!({"content": e.content, "creatorUid": creator_uid, "missionNames": [name], "dtg": crate::cot::CotTime(if e.dtg_ms > 0 { e.dtg_ms } else { crate::store::now_ms() }).to_string(), "keywords": e.keywords, "contentHashes": e.content_hashes});
+        self.call("POST", "/Marti/api/missions/logs/entries", Some(&token), Some(body)).await.map(|_| ())
+    }
+
+    /// A mission's log (`GET /Marti/api/missions/<name>/log`, the mission token required).
+    pub async fn logs(&self, name: &str, creator_uid: &str) -> Result<Vec<Value>, ApiError> {
+        let token = self.token(name, creator_uid).await?;
+        let path = format!("/Marti/api/missions/{}/log", escape(name));
+        let (_, v) = self.call("GET", &path, Some(&token), None).await?;
+        Ok(v["data"].as_array().cloned().unwrap_or_default())
     }
 
     /// Every mission of `tool` (OpenTAKServer lists one tool at a time; ATAK asks for

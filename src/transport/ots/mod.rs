@@ -235,6 +235,7 @@ async fn consume(s: &OtsSettings, router: &RouterHandle, id: u64, clients: &Clie
                     }
                     if let Some(api) = api {
                         fetch_files(s, api, missions, &m.event).await;
+                        fetch_logs(s, api, missions, &m.event, id).await;
                     }
                     let mut rec = Message::new(m.event.clone(), id);
                     rec.sender = sender.filter(|u| !u.is_empty());
@@ -415,6 +416,18 @@ impl Engine {
         if self.api.is_none() {
             return;
         }
+        if m.event.cot_type == "t-x-m-c-l" {
+            // takgate's notice of a log change names the entry; its text is in the store
+            let d = &m.event.detail.xml;
+            let (Some(uid), Some(t)) = (crate::cot::fragment::find_attr(d, "takgateLogChange", "entryUid"), crate::cot::fragment::find_attr(d, "takgateLogChange", "type")) else { return };
+            let Ok(t) = t.parse::<ChangeType>() else { return };
+            let entry = self.missions.store.log(&uid).ok().flatten();
+            let mission = entry.as_ref().map(|e| e.mission.clone()).or_else(|| crate::cot::fragment::find_attr(d, "mission", "name")).unwrap_or_default();
+            let creator = crate::cot::fragment::find_attr(d, "mission", "authorUid").unwrap_or_default();
+            let c = Change { content_uid: uid, creator_uid: creator, log_entry: entry, ..Change::new(&mission, t) };
+            self.apply(&c).await;
+            return;
+        }
         for c in crate::missions::announced_changes(&m.event) {
             self.apply(&c).await;
         }
@@ -456,7 +469,17 @@ impl Engine {
                 }
                 self.known_missions.remove(&c.mission);
             }
-            ChangeType::CreateDataFeed | ChangeType::DeleteDataFeed => {}
+            ChangeType::AddUpdateLogEntry => {
+                let (Some(e), Some(api)) = (c.log_entry.clone(), self.api.clone()) else { return };
+                self.ensure_mission(&c.mission, &c.creator_uid, &meta.tool, &meta.description).await;
+                let creator = self.creator_for(&c.creator_uid).await;
+                if let Err(e) = api.add_log(&c.mission, &creator, &e).await {
+                    tracing::warn!(link = %self.s.link, mission = %c.mission, "log entry not added on OpenTAKServer: {e}");
+                }
+            }
+            // OpenTAKServer 1.7.14 has no API to delete a log entry.
+            ChangeType::DeleteLogEntry => tracing::info!(link = %self.s.link, mission = %c.mission, entry = %c.content_uid, "log entry deletion not applied on OpenTAKServer (its API has no delete)"),
+            ChangeType::Relayed | ChangeType::CreateDataFeed | ChangeType::DeleteDataFeed => {}
         }
     }
 
@@ -519,6 +542,40 @@ async fn fetch_files(s: &OtsSettings, api: &api::Api, missions: &Missions, ev: &
                 }
             }
             Err(e) => tracing::warn!(link = %s.link, %hash, "file not fetched from OpenTAKServer: {e}"),
+        }
+    }
+}
+
+/// OpenTAKServer announces a log change as a bare notice (`t-x-m-c-l`): its log is read
+/// from the API and entries takgate has not seen are recorded as local changes. An entry
+/// takgate itself put there (OTS gives it a new uid, and maybe another author) is known by
+/// its mission, text and date-time group.
+async fn fetch_logs(s: &OtsSettings, api: &api::Api, missions: &Missions, ev: &crate::cot::CotEvent, link: u64) {
+    if ev.cot_type != "t-x-m-c-l" {
+        return;
+    }
+    let d = &ev.detail.xml;
+    let Some(name) = crate::cot::fragment::find_attr(d, "mission", "name").filter(|n| !n.is_empty()) else { return };
+    let author = crate::cot::fragment::find_attr(d, "mission", "authorUid").unwrap_or_default();
+    let list = match api.logs(&name, &author).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(link = %s.link, mission = %name, "OpenTAKServer's mission log not read: {e}");
+            return;
+        }
+    };
+    let known = missions.store.logs(&name).unwrap_or_default();
+    for v in list {
+        let mut e = crate::missions::rol::parse_log_entry(&v);
+        if e.mission.is_empty() {
+            e.mission = name.clone();
+        }
+        let same = |k: &crate::store::LogEntry| k.entry_uid == e.entry_uid || (k.content == e.content && (k.dtg_ms - e.dtg_ms).abs() < 1000);
+        if e.entry_uid.is_empty() || known.iter().any(same) {
+            continue;
+        }
+        if let Err(err) = missions.local_log_from(e, false, link).await {
+            tracing::warn!(link = %s.link, mission = %name, "log entry from OpenTAKServer not recorded: {err}");
         }
     }
 }
