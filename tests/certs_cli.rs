@@ -165,3 +165,63 @@ print(json.dumps({"names": names, "listed": listed, "params": params, "prefs": p
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// POST to the admin API; (status, content type, body).
+async fn post(addr: std::net::SocketAddr, path: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, String, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method("POST").uri(path).header("host", addr.to_string()).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send.send_request(req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    (status, ct, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+}
+
+/// The admin API makes the same package for a device (POST /api/certs/package), with the
+/// CA of `[admin] certs_dir`: the token is required, the certificate is issued once and
+/// reused, the CA's key is never in it, and a name that could reach other files is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_makes_connection_packages_without_the_ca_key() {
+    let dir = std::env::temp_dir().join(format!("takgate-apipkg-{}-{}", std::process::id(), fastrand::u64(..)));
+    let d = dir.display().to_string();
+    certs(&["ca", "--dir", &d, "--cn", "Field CA"]);
+    let gw = gateway(&format!("[node]\nid = \"apipkg\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"s3cret-s3cret-s3cret\"\ncerts_dir = \"{d}\"\n")).await;
+    let addr = gw.admin_addr().unwrap();
+    let req = serde_json::json!({"cn": "carol", "server": "gw.example", "port": 8089, "quic_port": 8090});
+    assert_eq!(post(addr, "/api/certs/package", None, &req).await.0, 401, "the token is required");
+    let (status, ct, zip) = post(addr, "/api/certs/package", Some("s3cret-s3cret-s3cret"), &req).await;
+    assert_eq!((status, ct.as_str()), (200, "application/zip"), "{}", String::from_utf8_lossy(&zip));
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip.clone())).unwrap();
+    let mut names: Vec<String> = z.file_names().map(str::to_owned).collect();
+    names.sort();
+    assert_eq!(names, ["MANIFEST/manifest.xml", "certs/carol.p12", "certs/server.pref", "certs/truststore.p12"]);
+    let mut pref = String::new();
+    std::io::Read::read_to_string(&mut z.by_name("certs/server.pref").unwrap(), &mut pref).unwrap();
+    assert!(pref.contains("gw.example:8089:ssl") && pref.contains("gw.example:8090:quic"), "{pref}");
+    // the only key in the package is the client's own, in its .p12; the truststore has none
+    let mut p12 = |name: &str| {
+        let mut b = vec![];
+        std::io::Read::read_to_end(&mut z.by_name(name).unwrap(), &mut b).unwrap();
+        p12_keystore::KeyStore::from_pkcs12(&b, "atakatak", p12_keystore::Pkcs12ImportPolicy::Relaxed).unwrap()
+    };
+    assert!(p12("certs/truststore.p12").private_key_chain().is_none(), "the CA's key is not in the package");
+    let client = p12("certs/carol.p12");
+    let (_, chain) = client.private_key_chain().expect("the client's key and chain");
+    let (_, leaf) = x509_parser::parse_x509_certificate(chain.certs()[0].as_der()).unwrap();
+    assert_eq!(leaf.subject().iter_common_name().next().and_then(|c| c.as_str().ok()), Some("carol"));
+    assert!(dir.join("carol.pem").exists(), "the client certificate is kept in certs_dir");
+    let first = std::fs::read(dir.join("carol.pem")).unwrap();
+    assert_eq!(post(addr, "/api/certs/package", Some("s3cret-s3cret-s3cret"), &req).await.0, 200);
+    assert_eq!(std::fs::read(dir.join("carol.pem")).unwrap(), first, "and reused, not issued again");
+    for bad in ["../ca", "ca", "a b"] {
+        let (s, _, body) = post(addr, "/api/certs/package", Some("s3cret-s3cret-s3cret"), &serde_json::json!({"cn": bad, "server": "gw", "port": 8089})).await;
+        assert_eq!(s, 400, "{bad:?}: {}", String::from_utf8_lossy(&body));
+    }
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use crate::runtime::{Control, Gateway};
 
 pub mod metrics;
+mod packages;
 mod servers;
 
 use servers::{create_server, delete_server, get_server, list_servers, server_status, test_server, update_server};
@@ -42,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/hub/reload"),
     ("get", "/api/missions"),
     ("get", "/api/missions/{name}/changes"),
+    ("post", "/api/certs/package"),
     ("get", "/api/openapi.json"),
     ("get", "/metrics"),
 ];
@@ -51,6 +53,8 @@ pub struct AdminState {
     pub token: Option<String>,
     /// Where PEM material posted through the API is written.
     pub files: PathBuf,
+    /// The CA directory connection packages are made with (`[admin] certs_dir`).
+    pub certs_dir: Option<PathBuf>,
 }
 
 pub(super) type St = State<Arc<AdminState>>;
@@ -77,6 +81,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/hub/reload", post(hub_reload))
         .route("/api/missions", get(missions))
         .route("/api/missions/{name}/changes", get(mission_changes))
+        .route("/api/certs/package", post(packages::package))
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -262,6 +267,7 @@ fn summary(method: &str, path: &str) -> &'static str {
         ("post", "/api/hub/reload") => "Federation Hub: read the policy file again (refused with the reason when it does not validate)",
         ("get", "/api/missions") => "Missions",
         ("get", "/api/missions/{name}/changes") => "A mission's changes, oldest first",
+        ("post", "/api/certs/package") => "An ATAK/WinTAK/iTAK connection data package (zip) for {cn, server, port, quic_port?, password?, days?}, made with [admin] certs_dir's CA",
         ("get", "/api/openapi.json") => "This document",
         ("get", "/metrics") => "Prometheus metrics",
         _ => "",
@@ -328,7 +334,7 @@ pub async fn spawn(gw: &Gateway, a: &crate::config::AdminConfig) -> Result<std::
         Some(p) => std::path::Path::new(p).parent().map(|d| d.join("federation")).unwrap_or_else(|| "federation".into()),
         None => std::env::temp_dir().join(format!("takgate-{}-{}", control.cfg.node.id, std::process::id())).join("federation"),
     };
-    let state = Arc::new(AdminState { control: control.clone(), token, files });
+    let state = Arc::new(AdminState { control: control.clone(), token, files, certs_dir: a.certs_dir.clone() });
     let cancel = control.cancel.clone();
     match (&a.cert, &a.key) {
         (Some(cert), Some(key)) => {

@@ -74,11 +74,14 @@ pub struct AdminConfig {
     /// With HTTPS: also require a client certificate that chains to this CA (mutual TLS, on
     /// top of the token).
     pub ca: Option<PathBuf>,
+    /// A `takgate certs ca` directory: `POST /api/certs/package` makes device connection
+    /// packages with it (the CA key stays in the directory).
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None, cert: None, key: None, ca: None }
+        AdminConfig { address: "127.0.0.1:8090".into(), allow_remote: false, token: None, cert: None, key: None, ca: None, certs_dir: None }
     }
 }
 
