@@ -33,9 +33,8 @@ struct MartiState {
     node_id: String,
 }
 
-/// The client certificate's CN (the submitter of what it uploads).
-#[derive(Clone)]
-struct Client(String);
+/// The client certificate's CN: the submitter of what it uploads.
+use crate::link::https::ClientCn as Client;
 
 type St = State<Arc<MartiState>>;
 
@@ -52,7 +51,7 @@ pub fn spawn(cfg: &MartiConfig, missions: Arc<Missions>, node_id: &str, cancel: 
     let limit = missions.files.max_bytes as usize + (1 << 20);
     let state = Arc::new(MartiState { missions, base: base.clone(), node_id: node_id.to_owned() });
     tracing::info!(address = %bound, url = %base, "Marti file API listening (HTTPS, client certificates required)");
-    tracker.spawn(serve(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls)), router(state, limit), cancel, tracker.clone()));
+    tracker.spawn(crate::link::https::serve(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls)), router(state, limit), "marti", cancel, tracker.clone()));
     Ok(bound)
 }
 
@@ -83,40 +82,6 @@ fn router(state: Arc<MartiState>, limit: usize) -> Router {
         .route("/Marti/api/version/config", get(version_config))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
-}
-
-async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Router, cancel: tokio_util::sync::CancellationToken, tracker: tokio_util::task::TaskTracker) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("marti: accept failed: {e}; pausing 100 ms");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app, cancel) = (acceptor.clone(), app.clone(), cancel.clone());
-        tracker.spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::warn!(%remote, "marti: TLS handshake refused: {}", crate::link::tls::explain_accept_error(&e));
-                    return;
-                }
-                Err(_) => return,
-            };
-            let cn = crate::link::tls::identity(tls.get_ref().1.peer_certificates()).map(|i| i.cn).unwrap_or_default();
-            let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(Client(cn))));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = cancel.cancelled() => {}
-            }
-        });
-    }
 }
 
 fn status(code: StatusCode, msg: impl Into<String>) -> Response {

@@ -276,37 +276,7 @@ fn summary(method: &str, path: &str) -> &'static str {
 
 /// Serves the admin API over TLS (mutual when the acceptor requires client certificates).
 pub async fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<AdminState>, cancel: tokio_util::sync::CancellationToken, tracker: tokio_util::task::TaskTracker) {
-    let app = router(state);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("admin API: accept failed: {e}; pausing 100 ms");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app, cancel) = (acceptor.clone(), app.clone(), cancel.clone());
-        tracker.spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::warn!(%remote, "admin API: TLS handshake refused: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = cancel.cancelled() => {}
-            }
-        });
-    }
+    crate::link::https::serve(listener, acceptor, router(state), "admin API", cancel, tracker).await
 }
 
 /// Serves the admin API on `listener` until `cancel`.

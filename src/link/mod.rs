@@ -10,7 +10,8 @@
 //!   one reconnect backoff.
 //! * [`listen`] and [`connect`]: accepting (limits, TLS handshakes off the accept loop) and
 //!   reconnecting, for every stream link; [`tls`]: rustls configurations from PEM files;
-//!   [`quic`]: quinn configurations and a QUIC stream as an [`Io`].
+//!   [`quic`]: quinn configurations and a QUIC stream as an [`Io`]; [`https`]: the HTTPS
+//!   accept loop of the services (admin API, Marti file API).
 //! * [`write`]: coalesced writes with a write timeout, toward every stream peer.
 //! * [`latency`]: the delivery latency histogram.
 //!
@@ -19,6 +20,7 @@
 pub mod backoff;
 pub mod connect;
 pub mod counters;
+pub mod https;
 pub mod ingest;
 pub mod latency;
 pub mod listen;

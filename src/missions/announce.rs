@@ -72,28 +72,13 @@ pub fn announcement_of(c: &Change, file: Option<&FileMeta>) -> CotEvent {
     let mut ev = CotEvent::new(format!("takgate-mc-{}-{}", c.id, now.0), "t-x-m-c", "h-g-i-g-o", now, 20);
     ev.point.ce = 9_999_999.0;
     ev.point.le = 9_999_999.0;
-    let mut d = Vec::new();
-    let esc = |s: &str, d: &mut Vec<u8>| fragment::escape_attr(s, d);
     if matches!(c.change_type, ChangeType::AddUpdateLogEntry | ChangeType::DeleteLogEntry) {
-        // A log change is a notice (OpenTAKServer's `t-x-m-c-l`): clients read the log from
-        // the Marti API.
         ev.cot_type = "t-x-m-c-l".into();
-        let meta = c.mission_meta.clone().unwrap_or_default();
-        d.extend_from_slice(b"<mission type=\"CHANGE\" tool=\"");
-        esc(if meta.tool.is_empty() { "public" } else { &meta.tool }, &mut d);
-        d.extend_from_slice(b"\" name=\"");
-        esc(&c.mission, &mut d);
-        d.extend_from_slice(b"\" authorUid=\"");
-        esc(&c.creator_uid, &mut d);
-        // which entry changed, for takgate's own links (OpenTAKServer's engine)
-        d.extend_from_slice(b"\"/><takgateLogChange type=\"");
-        d.extend_from_slice(c.change_type.as_str().as_bytes());
-        d.extend_from_slice(b"\" entryUid=\"");
-        esc(&c.content_uid, &mut d);
-        d.extend_from_slice(b"\"/>");
-        ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
+        ev.detail.xml = log_notice(c);
         return ev;
     }
+    let mut d = Vec::new();
+    let esc = |s: &str, d: &mut Vec<u8>| fragment::escape_attr(s, d);
     d.extend_from_slice(b"<mission type=\"");
     d.extend_from_slice(match c.change_type {
         ChangeType::CreateMission => "CREATE",
@@ -113,30 +98,11 @@ pub fn announcement_of(c: &Change, file: Option<&FileMeta>) -> CotEvent {
     esc(&c.creator_uid, &mut d);
     d.extend_from_slice(b"\"><MissionChanges><MissionChange>");
     if !c.content_hash.is_empty() {
-        d.extend_from_slice(b"<contentResource>");
         let f = file.cloned().unwrap_or_else(|| FileMeta { hash: c.content_hash.clone(), ..Default::default() });
-        let mut submitted = Vec::new();
-        CotTime(f.submitted_ms).write_to(&mut submitted);
-        let size = f.size.to_string();
-        let submitted = String::from_utf8_lossy(&submitted).into_owned();
-        for (tag, val) in [("creatorUid", f.creator_uid.as_str()), ("expiration", "-1"), ("filename", f.name.as_str()), ("hash", f.hash.as_str()), ("mimeType", f.mime.as_str()), ("name", f.name.as_str()), ("size", size.as_str()), ("submissionTime", submitted.as_str()), ("submitter", f.submitter.as_str()), ("tool", f.tool.as_str()), ("uid", f.uid.as_str())] {
-            if val.is_empty() || (tag == "submissionTime" && f.submitted_ms == 0) {
-                continue;
-            }
-            d.extend_from_slice(format!("<{tag}>").as_bytes());
-            esc(val, &mut d);
-            d.extend_from_slice(format!("</{tag}>").as_bytes());
-        }
-        d.extend_from_slice(b"</contentResource>");
+        content_resource(&f, &mut d);
     }
-    for (tag, val) in [("contentUid", c.content_uid.as_str()), ("creatorUid", c.creator_uid.as_str()), ("isFederatedChange", if c.is_federated { "true" } else { "false" }), ("missionName", c.mission.as_str())] {
-        if val.is_empty() {
-            continue;
-        }
-        d.extend_from_slice(format!("<{tag}>").as_bytes());
-        esc(val, &mut d);
-        d.extend_from_slice(format!("</{tag}>").as_bytes());
-    }
+    let fed = if c.is_federated { "true" } else { "false" };
+    elements(&[("contentUid", c.content_uid.as_str()), ("creatorUid", c.creator_uid.as_str()), ("isFederatedChange", fed), ("missionName", c.mission.as_str())], &mut d);
     let mut ts = Vec::new();
     CotTime(if c.ts_ms > 0 { c.ts_ms } else { now.0 }).write_to(&mut ts);
     d.extend_from_slice(b"<timestamp>");
@@ -146,6 +112,40 @@ pub fn announcement_of(c: &Change, file: Option<&FileMeta>) -> CotEvent {
     d.extend_from_slice(b"</type></MissionChange></MissionChanges></mission>");
     ev.detail.xml = String::from_utf8_lossy(&d).into_owned();
     ev
+}
+
+/// `<tag>value</tag>` for each non-empty value.
+fn elements(items: &[(&str, &str)], d: &mut Vec<u8>) {
+    for (tag, val) in items {
+        if val.is_empty() {
+            continue;
+        }
+        d.extend_from_slice(format!("<{tag}>").as_bytes());
+        fragment::escape_attr(val, d);
+        d.extend_from_slice(format!("</{tag}>").as_bytes());
+    }
+}
+
+/// A file's `contentResource`, as TAK's mission change notifications carry it.
+fn content_resource(f: &FileMeta, d: &mut Vec<u8>) {
+    let mut submitted = Vec::new();
+    if f.submitted_ms > 0 {
+        CotTime(f.submitted_ms).write_to(&mut submitted);
+    }
+    let (size, submitted) = (f.size.to_string(), String::from_utf8_lossy(&submitted).into_owned());
+    d.extend_from_slice(b"<contentResource>");
+    let items = [("creatorUid", f.creator_uid.as_str()), ("expiration", "-1"), ("filename", f.name.as_str()), ("hash", f.hash.as_str()), ("mimeType", f.mime.as_str()), ("name", f.name.as_str()), ("size", size.as_str()), ("submissionTime", submitted.as_str()), ("submitter", f.submitter.as_str()), ("tool", f.tool.as_str()), ("uid", f.uid.as_str())];
+    elements(&items, d);
+    d.extend_from_slice(b"</contentResource>");
+}
+
+/// A log change is a notice (OpenTAKServer's `t-x-m-c-l`): clients read the log from the
+/// Marti API. It names the entry for takgate's own links (OpenTAKServer's engine).
+fn log_notice(c: &Change) -> String {
+    let meta = c.mission_meta.clone().unwrap_or_default();
+    let e = fragment::escape_attr_string;
+    let tool = if meta.tool.is_empty() { "public" } else { meta.tool.as_str() };
+    format!(r#"<mission type="CHANGE" tool="{}" name="{}" authorUid="{}"/><takgateLogChange type="{}" entryUid="{}"/>"#, e(tool), e(&c.mission), e(&c.creator_uid), c.change_type.as_str(), e(&c.content_uid))
 }
 
 #[cfg(test)]
