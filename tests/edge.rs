@@ -185,8 +185,10 @@ async fn the_default_config_keeps_position_reports_off_the_chat_group() {
         ev.detail.xml = r#"<remarks source="BAO.F.ATAK.EDGE-A" to="All Chat Rooms">hello</remarks>"#.into();
         c.send(&ev).await;
     }
-    let on_sa = types_on(&sa, "239.2.3.1".parse().unwrap(), Duration::from_millis(1500));
-    let on_chat = types_on(&chat, "224.10.10.1".parse().unwrap(), Duration::from_millis(300));
+    // both groups read at once, for the same window
+    let chat_reader = std::thread::spawn(move || types_on(&chat, "224.10.10.1".parse().unwrap(), Duration::from_millis(2000)));
+    let on_sa = types_on(&sa, "239.2.3.1".parse().unwrap(), Duration::from_millis(2000));
+    let on_chat = chat_reader.join().unwrap();
     assert_eq!(on_sa, ["a-f-G-U-C", "a-h-G"], "the SA group: everything but GeoChat");
     assert_eq!(on_chat, ["b-t-f", "b-t-f-d", "b-t-f-r"], "the chat group: GeoChat and its receipts only");
     gw.shutdown().await;
